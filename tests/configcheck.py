@@ -1,0 +1,98 @@
+"""Run the real tools over generated config files: sudo's visudo, nginx -t,
+supervisor's own config loader and the uwsgi binary the tree uses on the host.
+
+Each function returns None when the tool accepts the file and the tool's
+complaint (a string) when it refuses it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+NGINX_MAIN = """\
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{}}
+http {{
+    include /etc/nginx/mime.types;
+    include {site};
+}}
+"""
+
+
+def _run(cmd: list[str], **kwargs) -> str | None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    return None if proc.returncode == 0 else (proc.stdout + proc.stderr).strip()
+
+
+def check_sudoers(path: Path) -> str | None:
+    return _run(["visudo", "-c", "-q", "-f", str(path)])
+
+
+def check_nginx_site(path: Path) -> str | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy("/etc/nginx/uwsgi_params", tmp)
+        main = Path(tmp) / "nginx.conf"
+        main.write_text(NGINX_MAIN.format(tmp=tmp, site=path))
+        return _run(["nginx", "-t", "-q", "-p", tmp, "-c", str(main)])
+
+
+def check_uwsgi_ini(path: Path) -> str | None:
+    # --strict refuses unknown options; the asap hook exits before anything starts.
+    cmd = ["uwsgi-core", "--strict", "--plugin", "python3", "--ini", str(path)]
+    return _run([*cmd, "--hook-asap", "exit:0"], stdin=subprocess.DEVNULL)
+
+
+# Supervisor's loader resolves user and group names and checks that log
+# directories exist; the app's accounts and its /var/log/<slug> only exist on
+# the server, so the check maps unknown names to a fixed id and accepts log
+# paths under /var/log. Everything else is the real loader.
+SUPERVISOR_LOADER = textwrap.dedent(
+    """
+    import sys
+    from supervisor import datatypes, options
+
+    def lookup(real):
+        def find(name):
+            try:
+                return real(name)
+            except ValueError:
+                return 4242
+        return find
+
+    def log_dir(real):
+        def check(path):
+            try:
+                return real(path)
+            except ValueError:
+                if path.startswith("/var/log/"):
+                    return path
+                raise
+        return check
+
+    datatypes.name_to_uid = lookup(datatypes.name_to_uid)
+    datatypes.name_to_gid = lookup(datatypes.name_to_gid)
+    options.name_to_uid = datatypes.name_to_uid
+    datatypes.existing_dirpath = log_dir(datatypes.existing_dirpath)
+    opts = options.ServerOptions()
+    opts.realize(args=["-c", sys.argv[1]])
+    opts.process_config(do_usage=False)
+    for group in opts.process_group_configs:
+        print(group.name, [p.name for p in group.process_configs])
+    """
+)
+
+
+def check_supervisor_conf(path: Path) -> str | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        main = Path(tmp) / "supervisord.conf"
+        main.write_text(
+            f"[supervisord]\nlogfile={tmp}/supervisord.log\npidfile={tmp}/s.pid\n"
+            f"[include]\nfiles = {path}\n"
+        )
+        return _run([sys.executable, "-c", SUPERVISOR_LOADER, str(main)])

@@ -1,0 +1,88 @@
+"""The hook scripts as plain Python: validators and post-generation steps."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import struct
+
+import pytest
+from conftest import REPO
+
+
+def load_hook(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "hooks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pre = load_hook("pre_gen_project")
+post = load_hook("post_gen_project")
+
+
+def ssh_blob(*parts: bytes) -> str:
+    return base64.b64encode(b"".join(struct.pack(">I", len(p)) + p for p in parts)).decode()
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "ecdsa", "rsa4096"])
+def test_real_public_keys_are_accepted(ssh_keys, kind):
+    pre.check_deploy_ssh_key(ssh_keys[kind])
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        (f"ssh-ed25519 {ssh_blob(b'ssh-rsa', b'x' * 32)}", "does not hold a ssh-ed25519 key"),
+        (f"ssh-ed25519 {ssh_blob(b'ssh-ed25519', b'x' * 31)}", "malformed ssh-ed25519 key"),
+        ("ssh-ed25519 " + base64.b64encode(b"\0\0\0\x20abc").decode(), "truncated"),
+        (f"ecdsa-sha2-nistp256 {ssh_blob(b'ecdsa-sha2-nistp256', b'nistp384', b'q')}", "malformed"),
+        ('command="sh" ssh-ed25519 AAAA', "not an OpenSSH public key"),
+        ("ssh-ed25519 AAAA\nssh-ed25519 BBBB", "control character"),
+    ],
+)
+def test_forged_or_odd_keys_are_refused(key, problem):
+    with pytest.raises(pre.Refused, match=problem):
+        pre.check_deploy_ssh_key(key)
+
+
+def test_validate_skips_celery_app_without_celery(ssh_keys):
+    answers = {name: "" for name in pre.CHECKS}
+    answers.update(
+        project_name="x",
+        project_slug="x",
+        domain="x.org",
+        wsgi_module="a:b",
+        celery_app="not valid!",
+        use_celery="n",
+        python_version="3.11",
+        deploy_ssh_key=ssh_keys["ed25519"],
+        web_root="/srv",
+        keep_releases="5",
+        uwsgi_processes="1",
+        uwsgi_threads="1",
+        uwsgi_harakiri="30",
+        uwsgi_max_requests="0",
+        uwsgi_listen="100",
+    )
+    assert pre.validate(answers) == []
+    assert pre.validate({**answers, "use_celery": "y"}) == [
+        "celery_app: 'not valid!' is not a dotted module path (package.module[:app])"
+    ]
+
+
+def test_domain_names_split_on_spaces_and_commas():
+    assert pre.domain_names(" a.org, b.org  c.org,") == ["a.org", "b.org", "c.org"]
+
+
+def test_post_gen_drops_celery_files_and_records_answers(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "redis.conf").write_text("port 0\n")
+    answers = {"project_slug": "shop", "use_celery": "n", "_template": "/somewhere/eep"}
+    assert post.main(tmp_path, answers) == 0
+    assert not (tmp_path / "config" / "redis.conf").exists()
+    assert json.loads((tmp_path / ".cookiecutter.json").read_text()) == {
+        "project_slug": "shop",
+        "use_celery": "n",
+    }

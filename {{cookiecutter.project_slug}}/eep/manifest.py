@@ -1,0 +1,51 @@
+"""Every configuration file the host gets: where it comes from in this tree, where it goes.
+
+The files under config/ are final after baking: what a reviewer reads there is
+byte for byte what lands on the host. Provisioning, `--check` diffs and the
+audit's drift check all read them through `render()`, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from eep import app
+
+TREE = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class HostFile:
+    """One file installed on the host."""
+
+    source: str  # path inside this tree
+    path: str  # absolute path on the host
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+
+
+HOST_FILES = [
+    HostFile("config/tmpfiles.conf", f"/etc/tmpfiles.d/eep-{app.SLUG}.conf"),
+    HostFile("config/uwsgi-base.ini", f"{app.CONF_DIR}/uwsgi.ini"),
+    HostFile("config/no-release.py", f"{app.CONF_DIR}/no-release.py"),
+    HostFile("config/supervisor.conf", f"/etc/supervisor/conf.d/{app.SLUG}.conf"),
+    HostFile("config/nginx.conf", f"/etc/nginx/sites-available/{app.SLUG}"),
+    HostFile("config/sudoers", f"/etc/sudoers.d/{app.SLUG}", mode=0o440),
+    # The developer's public key (never a private key): SSH login as the deploy account.
+    HostFile(
+        "config/authorized_keys",
+        f"/home/{app.DEPLOY_USER}/.ssh/authorized_keys",
+        owner="root",
+        group=app.DEPLOY_USER,
+        mode=0o640,
+    ),
+]
+if app.USE_CELERY:
+    HOST_FILES.append(HostFile("config/redis.conf", f"{app.CONF_DIR}/redis.conf"))
+
+
+def render(host_file: HostFile, tree: Path = TREE) -> str:
+    """The exact content `host_file` must have on the host."""
+    return (tree / host_file.source).read_text(encoding="utf-8")
