@@ -3,6 +3,13 @@
 from invoke import Collection, Exit, task
 
 
+def _hosts(c, given: str, setting: str) -> list[str]:
+    hosts = [h.strip() for h in given.split(",") if h.strip()] or c.config.eep[setting]
+    if not hosts:
+        raise Exit(f"error: no host: pass --host or set eep.{setting} in invoke.yaml", code=1)
+    return hosts
+
+
 def _not_built(name: str) -> None:
     # Never a silent no-op: a task that does not exist yet says so and fails.
     raise Exit(f"error: `invoke {name}` is not implemented yet in this version of eep", code=2)
@@ -13,11 +20,22 @@ def _not_built(name: str) -> None:
         "host": "root@HOST[:PORT] or ADMIN@HOST (sudo); several separated by commas",
         "check": "dry run: show what would change, with diffs, and change nothing",
         "identity": "SSH private key file to log in with",
+        "trust_new_host_key": "accept and record (in known_hosts) the key of a host seen first",
     }
 )
-def provision(c, host="", check=False, identity=""):
+def provision(c, host="", check=False, identity="", trust_new_host_key=False):
     """Set up the server (once, as root): users, directories, packages, nginx, supervisor, sudoers."""
-    _not_built("provision")
+    # Imported here so `invoke --list` stays fast (no SSH libraries loaded).
+    from eep.provision import provision as run
+    from eep.remote import HostError
+
+    hosts = _hosts(c, host, "provision_hosts")
+    try:
+        reports = run(hosts, check=check, identity=identity, trust_new_host_key=trust_new_host_key)
+    except HostError as error:
+        raise Exit(f"error: {error}", code=1) from None
+    if any(report.failed for report in reports):
+        raise Exit(code=1)
 
 
 @task(

@@ -46,6 +46,11 @@ if app.USE_CELERY:
     HOST_FILES.append(HostFile("config/redis.conf", f"{app.CONF_DIR}/redis.conf"))
 
 
+def host_file(source: str) -> HostFile:
+    """The entry of HOST_FILES for a file of this tree."""
+    return next(entry for entry in HOST_FILES if entry.source == source)
+
+
 def render(host_file: HostFile, tree: Path = TREE) -> str:
     """The exact content `host_file` must have on the host."""
     return (tree / host_file.source).read_text(encoding="utf-8")

@@ -1,0 +1,93 @@
+"""The app's two identities: the runtime user (no login) and the developer's deploy account."""
+
+from __future__ import annotations
+
+from eep import app
+from eep.remote import HostError, Remote
+from eep.report import Report
+
+# Written into the accounts' GECOS field: an existing account without it is not ours
+# and is never taken over.
+MARK = f"eep app {app.SLUG}"
+
+
+def _group_members(remote: Remote, group: str) -> set[str] | None:
+    line = remote.run(f"getent group {group}", check=False).stdout.strip()
+    return None if not line else set(filter(None, line.split(":")[3].split(",")))
+
+
+def _passwd(remote: Remote, user: str) -> list[str] | None:
+    line = remote.run(f"getent passwd {user}", check=False).stdout.strip()
+    return line.split(":") if line else None
+
+
+def ensure_group(remote: Remote, report: Report, group: str) -> None:
+    if _group_members(remote, group) is not None:
+        report.unchanged(f"group {group}")
+    elif report.change(f"group {group}", "created"):
+        remote.run(f"groupadd --system {group}")
+
+
+def ensure_user(
+    remote: Remote, report: Report, user: str, *, home: str, shell: str, groups: list[str]
+) -> None:
+    """A user with this home, shell and supplementary groups; refuses foreign accounts."""
+    entry = _passwd(remote, user)
+    step = f"user {user}"
+    if entry is None:
+        if report.change(step, "created"):
+            options = "--system --no-create-home" if user == app.RUNTIME_USER else "--create-home"
+            primary = f"--gid {app.RUNTIME_USER}" if user == app.RUNTIME_USER else "--user-group"
+            extra = f"--groups {','.join(groups)}" if groups else ""
+            remote.run(
+                f"useradd {options} {primary} {extra} --home-dir {home} --shell {shell}"
+                f" --comment '{MARK}' {user}"
+            )
+        return
+    if entry[4] != MARK:
+        raise HostError(
+            f"user {user} already exists and was not made by eep; refusing to take it over"
+        )
+    wrong = []
+    if entry[5] != home:
+        wrong.append(f"home {entry[5]}")
+    if entry[6] != shell:
+        wrong.append(f"shell {entry[6]}")
+    have = set(remote.run(f"id -nG {user}").stdout.split())
+    lacking = [group for group in groups if group not in have]
+    if lacking:
+        wrong.append("not in " + ",".join(lacking))
+    if not wrong:
+        report.unchanged(step)
+    elif report.change(step, "fixed " + ", ".join(wrong)):
+        extra = f"--append --groups {','.join(lacking)}" if lacking else ""
+        remote.run(f"usermod --home {home} --shell {shell} {extra} {user}")
+
+
+def ensure_member(remote: Remote, report: Report, user: str, group: str, why: str) -> bool:
+    members = _group_members(remote, group) or set()
+    if user in members:
+        report.unchanged(f"{user} in group {group}")
+        return False
+    if report.change(f"{user} in group {group}", why):
+        remote.run(f"usermod --append --groups {group} {user}")
+    return True
+
+
+def ensure_accounts(remote: Remote, report: Report) -> bool:
+    """Create or fix both accounts; True when nginx's groups changed (it must reload)."""
+    ensure_group(remote, report, app.RUNTIME_USER)
+    ensure_user(
+        remote, report, app.RUNTIME_USER, home=app.APP_ROOT, shell="/usr/sbin/nologin", groups=[]
+    )
+    ensure_user(
+        remote,
+        report,
+        app.DEPLOY_USER,
+        home=f"/home/{app.DEPLOY_USER}",
+        shell="/bin/bash",
+        groups=[app.RUNTIME_USER],
+    )
+    return ensure_member(
+        remote, report, "www-data", app.RUNTIME_USER, "nginx reaches the socket and static files"
+    )

@@ -1,0 +1,74 @@
+"""Idempotent directories and files: read the host's state, act only on the difference."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+
+from eep.manifest import HostFile, render
+from eep.remote import HostError, Remote
+from eep.report import Report, unified_diff
+
+
+def ensure_dir(
+    remote: Remote, report: Report, path: str, *, owner: str, group: str, mode: int
+) -> bool:
+    want = ("directory", f"{mode:04o}", owner, group)
+    have = remote.stat(path)
+    step = f"dir {path}"
+    if have == want:
+        report.unchanged(step)
+        return False
+    if have is not None and have[0] != "directory":
+        raise HostError(f"{path} exists but is a {have[0]}, not a directory")
+    why = "created" if have is None else f"was {have[2]}:{have[3]} {have[1]}"
+    if report.change(step, f"{why} -> {owner}:{group} {mode:04o}"):
+        quoted = shlex.quote(path)
+        remote.run(
+            f"mkdir -p {quoted} && chown {owner}:{group} {quoted} && chmod {mode:o} {quoted}"
+        )
+    return True
+
+
+def ensure_file(
+    remote: Remote,
+    report: Report,
+    host_file: HostFile,
+    *,
+    validate: Callable[[str], None] | None = None,
+) -> bool:
+    """Install one file from the tree; `validate(temp_path)` may refuse it before it goes live.
+
+    Returns True when the host's file changed (or would change, in check mode).
+    """
+    want = render(host_file).encode()
+    have = remote.read(host_file.path)
+    meta_want = ("regular file", f"{host_file.mode:04o}", host_file.owner, host_file.group)
+    meta = remote.stat(host_file.path) if have is not None else None
+    step = f"file {host_file.path}"
+    if have == want and meta == meta_want:
+        report.unchanged(step)
+        return False
+    if have is None:
+        why = "created"
+    elif have != want:
+        why = "content differs"
+    else:
+        why = f"was {meta[2]}:{meta[3]} {meta[1]}" if meta else "not a regular file"
+    diff = unified_diff(host_file.path, have, want) if have != want else ""
+    if not report.change(step, why, diff):
+        return True
+    if validate is None:
+        remote.install(
+            host_file.path, want, mode=host_file.mode, owner=host_file.owner, group=host_file.group
+        )
+        return True
+    temp = f"{host_file.path}.eep-check"
+    remote.install(temp, want, mode=host_file.mode, owner=host_file.owner, group=host_file.group)
+    try:
+        validate(temp)
+    except HostError:
+        remote.run(f"rm -f {shlex.quote(temp)}")
+        raise
+    remote.run(f"mv -f {shlex.quote(temp)} {shlex.quote(host_file.path)}")
+    return True

@@ -1,0 +1,80 @@
+"""System facts and Debian packages: the host must be Debian/Ubuntu with the answered Python."""
+
+from __future__ import annotations
+
+import shlex
+
+from eep import app
+from eep.remote import HostError, Remote
+from eep.report import Report
+
+# Daemons and tools from the distribution: nginx, supervisor and sudo; Debian's uWSGI
+# with its python3 plugin (root-owned, no compiler needed); venv to build each
+# release's virtualenv from the same /usr/bin/python3 the plugin embeds.
+PACKAGES = ["nginx", "supervisor", "sudo", "uwsgi-core", "uwsgi-plugin-python3", "python3-venv"]
+if app.USE_CELERY:
+    PACKAGES.append("redis-server")
+
+
+def check_system(remote: Remote, report: Report) -> None:
+    """Refuse hosts that are not Debian/Ubuntu or whose Python differs from the answered one."""
+    os_release = remote.run("cat /etc/os-release", check=False).stdout
+    fields = dict(
+        line.split("=", 1) for line in os_release.splitlines() if "=" in line and line[0] != "#"
+    )
+    ids = {fields.get("ID", "").strip('"')} | set(fields.get("ID_LIKE", "").strip('"').split())
+    name = fields.get("PRETTY_NAME", "unknown system").strip('"')
+    if not ids & {"debian", "ubuntu"}:
+        raise HostError(f"the host runs {name}, not Debian or Ubuntu")
+    found = remote.run(
+        "python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")'", check=False
+    )
+    version = found.stdout.strip()
+    if found.exited == 0 and version != app.PYTHON_VERSION:
+        raise HostError(
+            f"the host's python3 is {version}, this tree was made for {app.PYTHON_VERSION}"
+            " (re-bake with the host's python_version)"
+        )
+    report.unchanged("system", f"{name}, python3 {version or 'not installed yet'}")
+
+
+def missing_packages(remote: Remote) -> list[str]:
+    query = remote.run(
+        "dpkg-query -W -f='${Package} ${Status}\\n' " + " ".join(PACKAGES) + " 2>/dev/null",
+        check=False,
+    )
+    installed = {
+        line.split()[0] for line in query.stdout.splitlines() if line.endswith(" installed")
+    }
+    return [name for name in PACKAGES if name not in installed]
+
+
+def ensure_packages(remote: Remote, report: Report) -> None:
+    missing = missing_packages(remote)
+    if not missing:
+        report.unchanged("packages", " ".join(PACKAGES))
+        return
+    if not report.change("packages", "install " + " ".join(missing)):
+        return
+    names = " ".join(shlex.quote(name) for name in missing)
+    env = "DEBIAN_FRONTEND=noninteractive"
+    remote.run(
+        f"{env} apt-get update -q && {env} apt-get install -y -q --no-install-recommends {names}"
+    )
+    if "redis-server" in missing:
+        # Debian starts a shared Redis on 127.0.0.1:6379 that any local user can use.
+        # eep gives each app a private one, so the shared instance it just brought
+        # in is switched off (an already installed one is left alone).
+        remote.run("systemctl disable --now redis-server")
+        report.change("redis-server", "disabled the shared default instance eep installed")
+
+
+def ensure_services(remote: Remote, report: Report) -> None:
+    """nginx and supervisor enabled at boot and running."""
+    for service in ("nginx", "supervisor"):
+        enabled = remote.run(f"systemctl is-enabled {service}", check=False).stdout.strip()
+        active = remote.run(f"systemctl is-active {service}", check=False).stdout.strip()
+        if enabled == "enabled" and active == "active":
+            report.unchanged(f"service {service}", "enabled, running")
+        elif report.change(f"service {service}", f"was {enabled or 'absent'}/{active}"):
+            remote.run(f"systemctl enable --now {service}")

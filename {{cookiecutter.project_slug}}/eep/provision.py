@@ -1,0 +1,70 @@
+"""`invoke provision`: bring hosts to the state this tree describes, in parallel, one report each."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from eep.accounts import ensure_accounts
+from eep.layout import ensure_layout, ensure_run_dirs
+from eep.nginx import ensure_site
+from eep.packages import check_system, ensure_packages, ensure_services
+from eep.remote import HostError, Remote, Target
+from eep.report import Report, say
+from eep.sudoers import ensure_sudoers
+from eep.supervisor import ensure_programs
+from eep.uwsgi import ensure_uwsgi_files
+
+
+def provision_host(remote: Remote, report: Report) -> None:
+    """Every step in order; each reads the host's state first and acts on the difference."""
+    check_system(remote, report)
+    ensure_packages(remote, report)
+    ensure_services(remote, report)
+    nginx_groups_changed = ensure_accounts(remote, report)
+    ensure_layout(remote, report)
+    ensure_run_dirs(remote, report)
+    uwsgi_changed, broker_changed = ensure_uwsgi_files(remote, report)
+    ensure_sudoers(remote, report)
+    ensure_programs(remote, report, uwsgi_changed=uwsgi_changed, broker_changed=broker_changed)
+    ensure_site(remote, report, reload=nginx_groups_changed)
+
+
+def _one_host(target: Target, options: dict) -> Report:
+    report = Report(str(target), check=options["check"])
+    remote = Remote(
+        target,
+        identity=options["identity"],
+        trust_new_host_key=options["trust_new_host_key"],
+        sudo_password=options.get("sudo_password"),
+    )
+    try:
+        remote.open()
+        provision_host(remote, report)
+    except HostError as error:
+        report.fail(str(error))
+    finally:
+        remote.close()
+    return report
+
+
+def provision(
+    specs: list[str],
+    *,
+    check: bool = False,
+    identity: str = "",
+    trust_new_host_key: bool = False,
+    sudo_password: str | None = None,
+) -> list[Report]:
+    """Provision every host (in parallel); a failing host does not stop the others."""
+    targets = [Target.parse(spec, default_user="root") for spec in specs]
+    options = {
+        "check": check,
+        "identity": identity,
+        "trust_new_host_key": trust_new_host_key,
+        "sudo_password": sudo_password,
+    }
+    with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
+        reports = list(pool.map(lambda target: _one_host(target, options), targets))
+    for report in reports:
+        say(report.summary())
+    return reports

@@ -1,0 +1,187 @@
+"""One SSH connection to one host, with verified host keys and root commands.
+
+Everything the steps do on a host goes through `Remote`: run a command as root
+(directly when logged in as root, through sudo otherwise), read a file, stat a
+path, install a file atomically with its owner and mode.
+"""
+
+from __future__ import annotations
+
+import getpass
+import io
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+from fabric import Connection
+from invoke.exceptions import UnexpectedExit
+
+from eep.manifest import TREE
+
+
+class HostError(Exception):
+    """Something on or about one host went wrong; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to connect: user@host:port as the user typed it."""
+
+    user: str
+    host: str
+    port: int | None
+
+    @classmethod
+    def parse(cls, spec: str, default_user: str) -> Target:
+        user, _, rest = spec.rpartition("@")
+        host, port = rest, None
+        if rest.count(":") == 1:
+            host, port_text = rest.split(":")
+            if not port_text.isdigit():
+                raise HostError(f"{spec}: port must be a number")
+            port = int(port_text)
+        if not host:
+            raise HostError(f"{spec!r}: no host name")
+        return cls(user or default_user, host, port)
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}" + (f":{self.port}" if self.port else "")
+
+
+def known_hosts_path() -> Path:
+    return TREE / "known_hosts"
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Unknown host key: refuse, or record it in the tree when the user said to trust it."""
+
+    def __init__(self, trust_new: bool) -> None:
+        self.trust_new = trust_new
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        fingerprint = key.fingerprint
+        if not self.trust_new:
+            raise HostError(
+                f"unknown host key for {hostname} ({key.get_name()} {fingerprint}): verify it,"
+                " then re-run with --trust-new-host-key (or add it to known_hosts)"
+            )
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        path = known_hosts_path()
+        with path.open("a") as handle:
+            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        print(f"[{hostname}] trusted new host key {fingerprint}, recorded in known_hosts")
+
+
+def _fingerprint_error(error: paramiko.BadHostKeyException) -> str:
+    return (
+        f"host key of {error.hostname} CHANGED: known {error.expected_key.fingerprint}, offered"
+        f" {error.key.fingerprint}; refusing to connect (fix known_hosts if this is expected)"
+    )
+
+
+class Remote:
+    """Commands and files as root on one host."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        identity: str = "",
+        trust_new_host_key: bool = False,
+        sudo_password: str | None = None,
+    ) -> None:
+        self.target = target
+        connect_kwargs = {"key_filename": [identity]} if identity else {}
+        self.conn = Connection(
+            target.host,
+            user=target.user,
+            port=target.port,
+            connect_timeout=15,
+            connect_kwargs=connect_kwargs,
+        )
+        # Host keys are verified against the tree's known_hosts and the user's own;
+        # fabric's default would silently accept any unknown key.
+        client = self.conn.client
+        client.load_system_host_keys()
+        if known_hosts_path().exists():
+            client.load_host_keys(str(known_hosts_path()))
+        client.set_missing_host_key_policy(_HostKeyPolicy(trust_new_host_key))
+        self._sudo_password = sudo_password
+        self._prefix = ""
+
+    def open(self) -> None:
+        """Connect, then find out how to become root (root login, sudo, sudo with password)."""
+        try:
+            self.conn.open()
+        except paramiko.BadHostKeyException as error:
+            raise HostError(_fingerprint_error(error)) from None
+        except paramiko.AuthenticationException:
+            raise HostError(
+                f"SSH login as {self.target} was refused (wrong key or user?)"
+            ) from None
+        except (paramiko.SSHException, OSError) as error:
+            raise HostError(
+                f"cannot reach {self.target}: {error or type(error).__name__}"
+            ) from None
+        if self.target.user == "root":
+            return
+        if self._raw("sudo -n true", check=False).exited == 0:
+            self._prefix = "sudo -n "
+            return
+        if self._sudo_password is None:
+            self._sudo_password = getpass.getpass(f"[sudo] password for {self.target}: ")
+        # -k: always ask, so the password line on stdin is always consumed.
+        self._prefix = "sudo -k -S -p '' "
+        if self.run("true", check=False).exited != 0:
+            raise HostError(f"sudo as {self.target} failed: wrong password or not allowed")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _raw(self, command: str, *, check: bool = True, stdin: bytes = b""):
+        try:
+            return self.conn.run(
+                command, hide=True, warn=not check, in_stream=io.BytesIO(stdin), pty=False
+            )
+        except UnexpectedExit as error:
+            result = error.result
+            detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
+            raise HostError(f"`{command[:80]}` failed: {detail[-1] if detail else result.exited}")
+
+    def run(self, command: str, *, check: bool = True, stdin: bytes = b""):
+        """Run a shell command as root; return the invoke Result (stdout, exited)."""
+        full = f"{self._prefix}sh -c {shlex.quote(command)}"
+        if self._prefix.startswith("sudo -k -S"):
+            stdin = self._sudo_password.encode() + b"\n" + stdin
+        try:
+            return self._raw(full, check=check, stdin=stdin)
+        except HostError as error:
+            raise HostError(str(error).replace(full[:80], command[:80])) from None
+
+    def read(self, path: str) -> bytes | None:
+        """The content of a file, or None when it does not exist."""
+        result = self.run(
+            f"cat {shlex.quote(path)} 2>/dev/null || echo -n MISSING >&2", check=False
+        )
+        if result.stderr == "MISSING":
+            return None
+        return result.stdout.encode()
+
+    def stat(self, path: str) -> tuple[str, str, str, str] | None:
+        """(type, mode in octal, owner, group) of a path without following links, or None."""
+        out = self.run(f"stat -c '%F|%a|%U|%G' {shlex.quote(path)} 2>/dev/null", check=False)
+        if out.exited != 0:
+            return None
+        kind, mode, owner, group = out.stdout.strip().split("|")
+        return kind.replace("regular empty file", "regular file"), mode.zfill(4), owner, group
+
+    def install(self, path: str, data: bytes, *, mode: int, owner: str, group: str) -> None:
+        """Write a file atomically: a temporary file beside it, then rename over it."""
+        temp = f"{path}.eep-new"
+        quoted, tmp = shlex.quote(path), shlex.quote(temp)
+        self.run(
+            f"umask 077 && cat > {tmp} && chown {owner}:{group} {tmp}"
+            f" && chmod {mode:o} {tmp} && mv -f {tmp} {quoted}",
+            stdin=data,
+        )

@@ -1,0 +1,61 @@
+"""Progress lines and the final summary: every step says ok, changed (and why), or failed."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+import threading
+from dataclasses import dataclass, field
+
+_print_lock = threading.Lock()
+
+
+def say(line: str, *, err: bool = False) -> None:
+    # Several hosts are provisioned in parallel: print whole lines, one at a time.
+    with _print_lock:
+        print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def unified_diff(path: str, old: bytes | None, new: bytes) -> str:
+    before = (old or b"").decode(errors="replace").splitlines(keepends=True)
+    after = new.decode(errors="replace").splitlines(keepends=True)
+    label = path if old is not None else "/dev/null"
+    return "".join(difflib.unified_diff(before, after, label, path))
+
+
+@dataclass
+class Report:
+    """What happened on one host. In check mode nothing is applied; changes are 'would change'."""
+
+    host: str
+    check: bool = False
+    changed: int = 0
+    ok: int = 0
+    failed: str = ""
+    lines: list[str] = field(default_factory=list)
+
+    def _line(self, status: str, step: str, detail: str) -> None:
+        line = f"[{self.host}] {status:<12} {step}" + (f": {detail}" if detail else "")
+        self.lines.append(line)
+        say(line)
+
+    def unchanged(self, step: str, detail: str = "") -> None:
+        self.ok += 1
+        self._line("ok", step, detail)
+
+    def change(self, step: str, why: str, diff: str = "") -> bool:
+        """Record a change; return True when it must be applied (False in check mode)."""
+        self.changed += 1
+        self._line("would change" if self.check else "changed", step, why)
+        if diff and self.check:
+            say("".join(f"    {line}" for line in diff.splitlines(keepends=True)).rstrip())
+        return not self.check
+
+    def fail(self, message: str) -> None:
+        self.failed = message
+        say(f"[{self.host}] FAILED: {message}", err=True)
+
+    def summary(self) -> str:
+        verb = "would change" if self.check else "changed"
+        state = f"FAILED ({self.failed})" if self.failed else "done"
+        return f"[{self.host}] {state}: {self.changed} {verb}, {self.ok} ok"

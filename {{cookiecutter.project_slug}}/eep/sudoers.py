@@ -1,0 +1,21 @@
+"""The deploy account's sudo rules: checked by visudo before they can go live."""
+
+from __future__ import annotations
+
+import shlex
+
+from eep.files import ensure_file
+from eep.manifest import host_file
+from eep.remote import HostError, Remote
+from eep.report import Report
+
+
+def ensure_sudoers(remote: Remote, report: Report) -> None:
+    def visudo(temp: str) -> None:
+        # The temporary name contains a dot, so sudo never reads it while it is checked.
+        result = remote.run(f"visudo -cf {shlex.quote(temp)}", check=False)
+        if result.exited != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            raise HostError(f"visudo refused config/sudoers: {detail[0] if detail else '?'}")
+
+    ensure_file(remote, report, host_file("config/sudoers"), validate=visudo)

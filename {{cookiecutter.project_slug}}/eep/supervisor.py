@@ -1,0 +1,61 @@
+"""The app's supervisor programs: config installed, loaded, and the process tree running."""
+
+from __future__ import annotations
+
+import time
+
+from eep import app
+from eep.files import ensure_file
+from eep.manifest import host_file
+from eep.remote import HostError, Remote
+from eep.report import Report
+
+CTL = "supervisorctl -c /etc/supervisor/supervisord.conf"
+PROGRAMS = [app.SLUG] + ([f"{app.SLUG}-redis"] if app.USE_CELERY else [])
+
+
+def program_states(remote: Remote) -> dict[str, str]:
+    """{'shop:shop': 'RUNNING', 'shop-redis': 'RUNNING'} for this app's processes."""
+    out = remote.run(f"{CTL} status {' '.join(PROGRAMS)}", check=False).stdout
+    states = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and "ERROR" not in line:
+            states[parts[0]] = parts[1]
+    return states
+
+
+def wait_running(remote: Remote, timeout: float = 20) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = program_states(remote)
+        settled = states and all(s not in ("STARTING", "BACKOFF") for s in states.values())
+        if settled or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
+
+
+def ensure_programs(remote: Remote, report: Report, *, uwsgi_changed: bool, broker_changed: bool):
+    conf_changed = ensure_file(remote, report, host_file("config/supervisor.conf"))
+    states = program_states(remote)
+    if conf_changed or len(states) < len(PROGRAMS):
+        # update adds new programs, restarts changed ones and leaves the rest alone.
+        if report.change("supervisor programs", "reread and update " + " ".join(PROGRAMS)):
+            remote.run(f"{CTL} reread && {CTL} update {' '.join(PROGRAMS)}")
+    else:
+        if broker_changed and report.change(f"program {app.SLUG}-redis", "config changed, restart"):
+            remote.run(f"{CTL} restart {app.SLUG}-redis")
+        if uwsgi_changed and report.change(
+            f"program {app.SLUG}", "config changed, graceful reload"
+        ):
+            # SIGHUP: uWSGI re-reads its ini and reloads gracefully; the socket stays open.
+            remote.run(f"{CTL} signal HUP {app.SLUG}")
+    if report.check:
+        return
+    states = wait_running(remote)
+    bad = {name: state for name, state in states.items() if state not in ("RUNNING", "STOPPED")}
+    if bad or not states:
+        raise HostError(
+            f"supervisor programs not running: {bad or 'missing'}; see {app.LOG_DIR}/uwsgi.log"
+        )
+    report.unchanged("supervisor programs", ", ".join(f"{n} {s}" for n, s in states.items()))
