@@ -85,9 +85,13 @@ PATHS = [
 ]
 
 
-@pytest.mark.parametrize(("path", "kind", "mode", "owner", "group"), PATHS, ids=[p[0] for p in PATHS])
+@pytest.mark.parametrize(
+    ("path", "kind", "mode", "owner", "group"), PATHS, ids=[p[0] for p in PATHS]
+)
 def test_path_owner_and_mode(host, path, kind, mode, owner, group):
-    assert host.run(f"stat -c '%F|%a|%U|%G' {path}").stdout.strip() == f"{kind}|{mode}|{owner}|{group}"
+    assert (
+        host.run(f"stat -c '%F|%a|%U|%G' {path}").stdout.strip() == f"{kind}|{mode}|{owner}|{group}"
+    )
 
 
 def test_sudoers_is_valid_and_deploy_may_run_only_its_literal_commands(host):
@@ -162,7 +166,9 @@ def test_drift_is_shown_by_check_and_repaired(host, tree):
         ("config/nginx.conf", ("listen 80;", "listen 80"), "nginx -t refused the site"),
     ],
 )
-def test_broken_config_is_refused_and_host_stays_sane(host, tree, tmp_path, name, breakage, refusal):
+def test_broken_config_is_refused_and_host_stays_sane(
+    host, tree, tmp_path, name, breakage, refusal
+):
     broken = tree.copy(tmp_path / "broken")
     path = broken.path / name
     path.write_text(path.read_text().replace(*breakage))
