@@ -40,6 +40,22 @@ def lint(c):
 
 
 @task
+def fmt(c):
+    """ruff format the repository, and the template's Python files that hold no Jinja."""
+    c.run(f"{PY} -m ruff format .")
+    template = REPO / "{{cookiecutter.project_slug}}"
+    baked = bake(c, slug="fmt")
+    c.run(f"{PY} -m ruff format --isolated --line-length 100 {baked}", hide=True)
+    c.run(f"{PY} -m ruff check --isolated --line-length 100 --fix {baked}", warn=True)
+    for path in sorted(baked.rglob("*.py")):
+        source = template / path.relative_to(baked)
+        if source.exists() and "{{" not in source.read_text() and "{%" not in source.read_text():
+            if source.read_text() != path.read_text():
+                source.write_text(path.read_text())
+                print(f"formatted {source.relative_to(REPO)}")
+
+
+@task
 def test(c):
     """The whole suite, as CI runs it: lint, unit tests, then end-to-end tests."""
     lint(c)
@@ -81,4 +97,4 @@ def demo(c):
         c.run(f"cat {tree / name}")
 
 
-ns = Collection(test, unit, e2e, lint, bake, demo)
+ns = Collection(test, unit, e2e, lint, fmt, bake, demo)

@@ -38,34 +38,64 @@ def provision(c, host="", check=False, identity="", trust_new_host_key=False):
         raise Exit(code=1)
 
 
+DEPLOY_HELP = {
+    "host": "deploy@HOST[:PORT]; defaults to eep.deploy_hosts in invoke.yaml",
+    "identity": "SSH private key file of the deploy account",
+}
+
+
+def _on_hosts(c, host: str, action) -> None:
+    """Run `action(spec)` for each deploy host; one-line error and exit 1 on failure."""
+    from eep.remote import HostError
+
+    for spec in _hosts(c, host, "deploy_hosts"):
+        try:
+            action(spec)
+        except HostError as error:
+            raise Exit(f"error: [{spec}] {error}", code=1) from None
+
+
 @task(
     help={
         "release": "the release tarball (e.g. dist/app-1.2.tar.gz)",
-        "host": "deploy@HOST[:PORT]; defaults to eep.deploy_hosts in invoke.yaml",
         "stage": "upload, build and check the release, but do not activate it",
+        "break_lock": "remove a deploy lock left by a deploy that died",
+        **DEPLOY_HELP,
     }
 )
-def deploy(c, release, host="", stage=False):
+def deploy(c, release, host="", identity="", stage=False, break_lock=False):
     """Upload a release, build its virtualenv, run its checks and activate it gracefully."""
-    _not_built("deploy")
+    from eep.deploy import deploy as run
+
+    _on_hosts(
+        c,
+        host,
+        lambda spec: run(release, spec, identity=identity, stage=stage, break_lock=break_lock),
+    )
 
 
-@task(help={"release": "release id, as listed by `invoke releases`"})
-def activate(c, release):
+@task(help={"release": "release id, as listed by `invoke releases`", **DEPLOY_HELP})
+def activate(c, release, host="", identity=""):
     """Activate a staged release: switch `current` and reload gracefully."""
-    _not_built("activate")
+    from eep.deploy import activate as run
+
+    _on_hosts(c, host, lambda spec: run(release, spec, identity=identity))
 
 
-@task(help={"to": "release id to go back to (default: the one before current)"})
-def rollback(c, to=""):
+@task(help={"to": "release id to go back to (default: the one before current)", **DEPLOY_HELP})
+def rollback(c, to="", host="", identity=""):
     """Switch back to an earlier release and reload gracefully."""
-    _not_built("rollback")
+    from eep.deploy import rollback as run
+
+    _on_hosts(c, host, lambda spec: run(spec, to=to, identity=identity))
 
 
-@task
-def releases(c):
+@task(help=DEPLOY_HELP)
+def releases(c, host="", identity=""):
     """List the releases on the host: dates, versions, current and failed ones marked."""
-    _not_built("releases")
+    from eep.deploy import releases as run
+
+    _on_hosts(c, host, lambda spec: run(spec, identity=identity))
 
 
 @task

@@ -81,7 +81,7 @@ def _fingerprint_error(error: paramiko.BadHostKeyException) -> str:
 
 
 class Remote:
-    """Commands and files as root on one host."""
+    """Commands and files on one host: as root (provisioning) or as the login user (deploy)."""
 
     def __init__(
         self,
@@ -90,8 +90,10 @@ class Remote:
         identity: str = "",
         trust_new_host_key: bool = False,
         sudo_password: str | None = None,
+        become_root: bool = True,
     ) -> None:
         self.target = target
+        self.become_root = become_root
         connect_kwargs = {"key_filename": [identity]} if identity else {}
         self.conn = Connection(
             target.host,
@@ -124,7 +126,7 @@ class Remote:
             raise HostError(
                 f"cannot reach {self.target}: {error or type(error).__name__}"
             ) from None
-        if self.target.user == "root":
+        if self.target.user == "root" or not self.become_root:
             return
         if self._raw("sudo -n true", check=False).exited == 0:
             self._prefix = "sudo -n "
@@ -158,6 +160,10 @@ class Remote:
             return self._raw(full, check=check, stdin=stdin)
         except HostError as error:
             raise HostError(str(error).replace(full[:80], command[:80])) from None
+
+    def put(self, local: str, remote: str) -> None:
+        """Upload a file over SFTP as the login user (no root involved)."""
+        self.conn.put(local, remote)
 
     def read(self, path: str) -> bytes | None:
         """The content of a file, or None when it does not exist."""

@@ -1,0 +1,124 @@
+"""The host-side release manager (eep/releases.py) on a local directory tree."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = (
+    Path(__file__).resolve().parents[2] / "{{cookiecutter.project_slug}}" / "eep" / "releases.py"
+)
+
+
+def agent(root: Path, *args: str, ok: bool = True) -> dict | str:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--root", str(root), *args], capture_output=True, text=True
+    )
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1
+    return proc.stderr.strip()
+
+
+def make_release(root: Path, release_id: str, *, ini: str = "[uwsgi]\n", state="ready") -> None:
+    release = root / "releases" / release_id
+    (release / ".eep").mkdir(parents=True)
+    (release / "uwsgi.ini").write_text(ini)
+    if state:
+        (release / ".eep" / state).write_text("why" if state == "failed" else "now")
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    (tmp_path / "releases").mkdir()
+    (tmp_path / "deploy").write_text("")
+    return tmp_path
+
+
+def test_lock_refuses_a_second_holder_and_names_the_first(root):
+    agent(root, "lock", "alice@laptop")
+    message = agent(root, "lock", "bob@desk", ok=False)
+    assert message.startswith("error: another deploy holds the lock: alice@laptop since 20")
+    assert "--break-lock" in message
+    agent(root, "unlock")
+    agent(root, "lock", "bob@desk")
+
+
+def test_first_activation_needs_a_full_reload_then_chain_reloads(root):
+    trigger = root / "deploy"
+    make_release(root, "20260101T000000Z-v1")
+    make_release(root, "20260102T000000Z-v2")
+    first = agent(root, "activate", "20260101T000000Z-v1", "--trigger", str(trigger))
+    assert first == {"previous": None, "current": "20260101T000000Z-v1", "reload": "full"}
+    before = trigger.stat().st_mtime_ns
+    second = agent(root, "activate", "20260102T000000Z-v2", "--trigger", str(trigger))
+    assert second["reload"] == "chain" and second["previous"] == "20260101T000000Z-v1"
+    assert trigger.stat().st_mtime_ns > before
+    assert (root / "current").readlink() == Path("releases/20260102T000000Z-v2")
+
+
+def test_changed_uwsgi_ini_needs_a_full_reload(root):
+    make_release(root, "20260101T000000Z-v1")
+    make_release(root, "20260102T000000Z-v2", ini="[uwsgi]\nprocesses = 4\n")
+    agent(root, "activate", "20260101T000000Z-v1", "--trigger", str(root / "deploy"))
+    result = agent(root, "activate", "20260102T000000Z-v2", "--trigger", str(root / "deploy"))
+    assert result["reload"] == "full"
+
+
+@pytest.mark.parametrize("state", ["failed", None], ids=["failed", "incomplete"])
+def test_only_ready_releases_can_be_activated(root, state):
+    make_release(root, "20260101T000000Z-v1", state=state)
+    message = agent(root, "activate", "20260101T000000Z-v1", "--trigger", "x", ok=False)
+    assert "is not ready" in message
+    assert not (root / "current").exists()
+
+
+def test_rollback_target_is_the_release_activated_before_current(root):
+    for day in ("01", "02", "03"):
+        make_release(root, f"202601{day}T000000Z-v{day}")
+        agent(root, "activate", f"202601{day}T000000Z-v{day}", "--trigger", str(root / "deploy"))
+    make_release(root, "20260104T000000Z-bad", state="failed")
+    assert agent(root, "rollback-target")["target"] == "20260102T000000Z-v02"
+    assert agent(root, "rollback-target", "--to", "20260101T000000Z-v01")["target"].endswith("v01")
+    assert "no release" in agent(root, "rollback-target", "--to", "nope", ok=False)
+
+
+def test_list_marks_current_failed_and_activation_times(root):
+    make_release(root, "20260101T000000Z-1.0")
+    make_release(root, "20260102T000000Z-1.1", state="failed")
+    agent(root, "activate", "20260101T000000Z-1.0", "--trigger", str(root / "deploy"))
+    listed = agent(root, "list")["releases"]
+    assert [(r["id"], r["version"], r["state"], r["current"]) for r in listed] == [
+        ("20260101T000000Z-1.0", "1.0", "ready", True),
+        ("20260102T000000Z-1.1", "1.1", "failed", False),
+    ]
+    assert listed[0]["activated"][0].startswith("20") and listed[1]["reason"] == "why"
+
+
+def test_cleanup_keeps_newest_current_and_previous_and_drops_failed(root):
+    ids = [f"202601{day:02d}T000000Z-v{day}" for day in range(1, 8)]
+    for release_id in ids:
+        make_release(root, release_id)
+    make_release(root, "20260108T000000Z-bad1", state="failed")
+    make_release(root, "20260100T000000Z-bad0", state="failed")
+    (root / "venvs" / "unused").mkdir(parents=True)
+    (root / "venvs" / "used").mkdir()
+    (root / "releases" / ids[0] / ".venv").symlink_to("../../venvs/used")
+    # v1 was current, then v2 was activated: v1 is "the one before" and must stay.
+    agent(root, "activate", ids[0], "--trigger", str(root / "deploy"))
+    agent(root, "activate", ids[1], "--trigger", str(root / "deploy"))
+    removed = agent(root, "cleanup", "--keep", "3")["removed"]
+    left = sorted(p.name for p in (root / "releases").iterdir())
+    assert left == [ids[0], ids[1], *ids[4:], "20260108T000000Z-bad1"]
+    assert "20260100T000000Z-bad0" in removed and "venv unused" in removed
+    assert (root / "venvs" / "used").exists()
+
+
+def test_bad_release_ids_are_refused(root):
+    assert "bad release id" in agent(root, "ready", "../etc", ok=False)

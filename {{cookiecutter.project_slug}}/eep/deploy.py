@@ -1,0 +1,212 @@
+"""`invoke deploy`, `activate`, `rollback`, `releases`: run as the deploy account, never root.
+
+The work on the host is done by eep/releases.py and eep/tarball.py, uploaded at the
+start of each command and run there with the host's python3; this module drives
+them over one SSH connection and reports each step with its duration.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import re
+import shlex
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Self
+
+from eep import app
+from eep.manifest import TREE
+from eep.remote import HostError, Remote, Target
+from eep.report import say
+from eep.tarball import TarballError, inspect
+
+AGENT_DIR = f"{app.APP_ROOT}/.eep"
+HERE = Path(__file__).resolve().parent
+CTL = "sudo -n /usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
+SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
+
+
+def version_of(filename: str) -> str:
+    """'app-1.2.tar.gz' -> '1.2'; the part after the name, made safe for a directory name."""
+    stem = next((filename[: -len(s)] for s in SUFFIXES if filename.endswith(s)), filename)
+    match = re.search(r"-(v?\d[^/]*)$", stem)
+    version = match.group(1) if match else stem
+    return re.sub(r"[^A-Za-z0-9._-]", "_", version)[:40] or "release"
+
+
+class Session:
+    """One SSH connection as the deploy account, with the release tools uploaded."""
+
+    def __init__(self, spec: str, identity: str) -> None:
+        self.target = Target.parse(spec, default_user=app.DEPLOY_USER)
+        self.remote = Remote(self.target, identity=identity, become_root=False)
+        self.timings: dict[str, float] = {}
+
+    def __enter__(self) -> Self:
+        self.remote.open()
+        self.remote.run(f"mkdir -p -m 750 {AGENT_DIR}")
+        for name in ("releases.py", "tarball.py"):
+            self.remote.put(str(HERE / name), f"{AGENT_DIR}/{name}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remote.close()
+
+    def say(self, status: str, message: str) -> None:
+        say(f"[{self.target}] {status:<10} {message}")
+
+    @contextmanager
+    def step(self, name: str, detail: str = ""):
+        started = time.monotonic()
+        yield
+        self.timings[name] = time.monotonic() - started
+        self.say(name, f"{self.timings[name]:.1f} s" + (f"  {detail}" if detail else ""))
+
+    def agent(self, *args: str) -> dict:
+        command = f"python3 {AGENT_DIR}/releases.py --root {app.APP_ROOT} " + shlex.join(args)
+        result = self.remote.run(command, check=False)
+        if result.exited != 0:
+            lines = result.stderr.strip().splitlines() or [f"exit {result.exited}"]
+            raise HostError(lines[-1].removeprefix("error: "))
+        return json.loads(result.stdout)
+
+    def http_status(self) -> int:
+        """Status nginx gives for the app's first domain, asked from the host itself."""
+        host = app.DOMAINS[0].replace("*.", "www.")
+        code = (
+            "import urllib.request as u, urllib.error as e\n"
+            f"r = u.Request('http://127.0.0.1/', headers=dict(Host={host!r}))\n"
+            "try: print(u.urlopen(r, timeout=10).status)\n"
+            "except e.HTTPError as x: print(x.code)\n"
+            "except OSError: print(0)"
+        )
+        return int(self.remote.run(f"python3 -c {shlex.quote(code)}").stdout.strip() or 0)
+
+
+def _lock_holder() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _activate(session: Session, release_id: str) -> None:
+    with session.step("activate", release_id):
+        result = session.agent("activate", release_id, "--trigger", app.DEPLOY_TRIGGER)
+        if result["reload"] == "full":
+            # First release, or its uwsgi.ini changed: uWSGI must re-read its config.
+            # SIGHUP is a graceful reload; the Celery worker still finishes its task.
+            session.remote.run(f"{CTL} signal HUP {app.SLUG}")
+    with session.step("verify", f"reload: {result['reload']}"):
+        deadline = time.monotonic() + 60
+        while (status := session.http_status()) >= 500 or status == 0:
+            if time.monotonic() > deadline:
+                raise HostError(
+                    f"{release_id} is active but the app answers {status}; see {app.LOG_DIR}"
+                    "/uwsgi.log, and `invoke rollback` to go back"
+                )
+            time.sleep(0.5)
+
+
+def _build(session: Session, tarball: Path, release_id: str, has_ini: bool) -> None:
+    releases = f"{app.APP_ROOT}/releases"
+    upload = f"{releases}/.upload-{release_id}.tar"
+    with session.step("upload", f"{tarball.name} ({tarball.stat().st_size // 1024} KiB)"):
+        session.remote.put(str(tarball), upload)
+    try:
+        with session.step("extract"):
+            args = [f"{AGENT_DIR}/tarball.py", "extract", upload, f"{releases}/{release_id}"]
+            result = session.remote.run(
+                "umask 027 && python3 " + shlex.join([*args, app.WSGI_MODULE]), check=False
+            )
+            if result.exited != 0:
+                lines = result.stderr.strip().splitlines() or ["extract failed"]
+                raise HostError("refused on the host: " + lines[-1].removeprefix("error: "))
+    finally:
+        session.remote.run(f"rm -f {shlex.quote(upload)}")
+    if not has_ini:
+        # The release brings no uwsgi.ini: it runs with this tree's.
+        session.remote.put(str(TREE / "uwsgi.ini"), f"{releases}/{release_id}/uwsgi.ini")
+    with session.step("venv"):
+        venv = session.agent("venv", release_id)
+    session.say("", f"virtualenv {venv['venv']} {'reused' if venv['reused'] else 'built'}")
+    with session.step("checks"):
+        session.agent("smoke", release_id, app.WSGI_MODULE)
+        session.agent("steps", release_id)
+    session.agent("ready", release_id)
+
+
+def deploy(
+    tarball: str, spec: str, *, identity: str = "", stage: bool = False, break_lock: bool = False
+) -> str:
+    path = Path(tarball)
+    if not path.is_file():
+        raise HostError(f"no release tarball at {tarball}")
+    try:
+        info = inspect(str(path), app.WSGI_MODULE)
+    except TarballError as error:
+        raise HostError(f"refused {path.name}: {error}") from None
+    release_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + version_of(path.name)
+    started = time.monotonic()
+    with Session(spec, identity) as session:
+        if break_lock:
+            session.agent("unlock")
+            session.say("lock", "broken on request")
+        session.agent("lock", _lock_holder())
+        try:
+            try:
+                _build(session, path, release_id, info.has_uwsgi_ini)
+            except HostError as error:
+                session.agent("fail", release_id, str(error))
+                raise HostError(
+                    f"release {release_id} failed, nothing activated: {error}"
+                ) from None
+            if stage:
+                session.say(
+                    "staged", f"{release_id}: activate it with `invoke activate {release_id}`"
+                )
+            else:
+                _activate(session, release_id)
+            removed = session.agent("cleanup", "--keep", str(app.KEEP_RELEASES))["removed"]
+            if removed:
+                session.say("cleanup", ", ".join(removed))
+        finally:
+            session.agent("unlock")
+        parts = ", ".join(f"{name} {secs:.1f} s" for name, secs in session.timings.items())
+        verb = "staged" if stage else "deployed"
+        say(
+            f"[{session.target}] {verb} {release_id} in {time.monotonic() - started:.1f} s ({parts})"
+        )
+    return release_id
+
+
+def activate(release_id: str, spec: str, *, identity: str = "") -> None:
+    with Session(spec, identity) as session:
+        session.agent("lock", _lock_holder())
+        try:
+            _activate(session, release_id)
+        finally:
+            session.agent("unlock")
+
+
+def rollback(spec: str, *, to: str = "", identity: str = "") -> str:
+    with Session(spec, identity) as session:
+        session.agent("lock", _lock_holder())
+        try:
+            target = session.agent("rollback-target", "--to", to)["target"]
+            _activate(session, target)
+        finally:
+            session.agent("unlock")
+        say(f"[{session.target}] rolled back to {target}")
+    return target
+
+
+def releases(spec: str, *, identity: str = "") -> list[dict]:
+    with Session(spec, identity) as session:
+        found = session.agent("list")["releases"]
+    say(f"{'':2}{'release':<34} {'state':<10} {'activated':<22} reason")
+    for release in found:
+        mark = "* " if release["current"] else "  "
+        last = release["activated"][-1] if release["activated"] else "-"
+        say(f"{mark}{release['id']:<34} {release['state']:<10} {last:<22} {release['reason']}")
+    return found

@@ -1,0 +1,340 @@
+"""Releases on the host: run THERE, as the deploy account, by `invoke deploy` and friends.
+
+    python3 releases.py --root /srv/app COMMAND [ARGS]
+
+Standard library only (it runs on the host's own python3), prints one JSON object
+on success and `error: <one line>` on stderr with exit 1 on failure. Layout:
+
+    <root>/releases/<id>/          one release (id = UTC time + version, sortable)
+    <root>/releases/<id>/.venv     -> ../../venvs/<hash of requirements.txt>
+    <root>/releases/<id>/.eep/     state: ready | failed (+ reason), activated (times)
+    <root>/venvs/<hash>/           virtualenvs shared by releases with equal requirements
+    <root>/current                 -> releases/<id>, switched by an atomic rename
+    <root>/.deploy-lock/           present while a deploy runs; holder.json says who
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path("/")  # set from --root
+
+
+class ReleaseError(Exception):
+    """A one-line reason a release operation was refused or failed."""
+
+
+def releases_dir() -> Path:
+    return ROOT / "releases"
+
+
+def release_dir(release_id: str) -> Path:
+    if not release_id or "/" in release_id or release_id.startswith("."):
+        raise ReleaseError(f"bad release id {release_id!r}")
+    path = releases_dir() / release_id
+    if not path.is_dir():
+        raise ReleaseError(f"no release {release_id}")
+    return path
+
+
+def state_dir(release: Path) -> Path:
+    path = release / ".eep"
+    path.mkdir(mode=0o750, exist_ok=True)
+    return path
+
+
+def current_id() -> str | None:
+    link = ROOT / "current"
+    return Path(os.readlink(link)).name if link.is_symlink() else None
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# -- lock ------------------------------------------------------------------------------
+
+
+def lock(who: str) -> dict:
+    path = ROOT / ".deploy-lock"
+    try:
+        path.mkdir(mode=0o750)
+    except FileExistsError:
+        try:
+            holder = json.loads((path / "holder.json").read_text())
+        except (OSError, ValueError):
+            holder = {"who": "unknown", "since": "unknown"}
+        raise ReleaseError(
+            f"another deploy holds the lock: {holder['who']} since {holder['since']}"
+            " (if it is dead: invoke deploy --break-lock)"
+        ) from None
+    (path / "holder.json").write_text(json.dumps({"who": who, "since": now()}))
+    return {"locked": True}
+
+
+def unlock() -> dict:
+    path = ROOT / ".deploy-lock"
+    shutil.rmtree(path, ignore_errors=True)
+    return {"unlocked": True}
+
+
+# -- building a release -----------------------------------------------------------------
+
+
+def mark(release: Path, state: str, reason: str = "") -> None:
+    folder = state_dir(release)
+    for old in ("ready", "failed"):
+        (folder / old).unlink(missing_ok=True)
+    (folder / state).write_text(reason or now())
+
+
+def fail(release_id: str, reason: str) -> dict:
+    release = releases_dir() / release_id
+    release.mkdir(mode=0o750, exist_ok=True)
+    mark(release, "failed", reason)
+    return {"failed": release_id}
+
+
+def _run(cmd: list[str], cwd: Path, what: str, env: dict | None = None) -> None:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}"
+        raise ReleaseError(f"{what} failed: {lines.splitlines()[-1]}")
+
+
+def build_venv(release_id: str, python: str) -> dict:
+    """Link the release to a virtualenv with its requirements, building it if none matches."""
+    release = release_dir(release_id)
+    requirements = (release / "requirements.txt").read_bytes()
+    version = subprocess.run(
+        [python, "-c", "import sys; print(sys.version)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    key = hashlib.sha256(version.encode() + b"\0" + requirements).hexdigest()[:16]
+    venvs = ROOT / "venvs"
+    venvs.mkdir(mode=0o750, exist_ok=True)
+    venv = venvs / key
+    reused = (venv / ".complete").exists()
+    if not reused:
+        # Built in place; `.complete` is written last, so a half-built venv (pip failed,
+        # connection lost) is never used and is rebuilt from scratch next time.
+        shutil.rmtree(venv, ignore_errors=True)
+        _run([python, "-m", "venv", str(venv)], release, "python3 -m venv")
+        pip = [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q"]
+        _run([*pip, "-r", str(release / "requirements.txt")], release, "pip install")
+        (venv / ".complete").write_text(now())
+    link = release / ".venv"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(f"../../venvs/{key}")
+    return {"venv": key, "reused": reused}
+
+
+def smoke(release_id: str, wsgi_module: str) -> dict:
+    """Import the WSGI callable with the release's own venv, as the app will."""
+    release = release_dir(release_id)
+    module, _, attribute = wsgi_module.partition(":")
+    code = (
+        "import importlib, sys; sys.path.insert(0, '.');"
+        f" app = getattr(importlib.import_module({module!r}), {attribute!r});"
+        " assert callable(app), 'not callable'"
+    )
+    _run([str(release / ".venv" / "bin" / "python"), "-c", code], release, "smoke check")
+    return {"smoke": "ok"}
+
+
+def run_steps(release_id: str) -> dict:
+    """Run the release's pre-activation steps (eep.toml: [release] pre_activate)."""
+    release = release_dir(release_id)
+    steps = release_config(release).get("pre_activate", [])
+    if not isinstance(steps, list) or not all(isinstance(step, str) for step in steps):
+        raise ReleaseError("eep.toml: [release] pre_activate must be a list of command strings")
+    env = dict(os.environ)
+    env["PATH"] = f"{release / '.venv' / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+    env["VIRTUAL_ENV"] = str(release / ".venv")
+    env["EEP_SHARED_DIR"] = str(ROOT / "shared")
+    for step in steps:
+        _run(["/bin/sh", "-c", step], release, f"step `{step}`", env=env)
+    return {"steps": len(steps)}
+
+
+def release_config(release: Path) -> dict:
+    path = release / "eep.toml"
+    if not path.exists():
+        return {}
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text()).get("release", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ReleaseError(f"eep.toml is not valid TOML: {error}") from None
+
+
+def ready(release_id: str) -> dict:
+    mark(release_dir(release_id), "ready")
+    return {"ready": release_id}
+
+
+# -- activation -------------------------------------------------------------------------
+
+
+def activate(release_id: str, trigger: str) -> dict:
+    """Point `current` at the release (atomic rename) and say how the app must reload."""
+    release = release_dir(release_id)
+    if not (release / ".eep" / "ready").exists():
+        raise ReleaseError(f"release {release_id} is not ready (failed or still building)")
+    previous = current_id()
+    new_link = ROOT / ".current-new"
+    if new_link.is_symlink():
+        new_link.unlink()
+    new_link.symlink_to(f"releases/{release_id}")
+    os.replace(new_link, ROOT / "current")
+    with (state_dir(release) / "activated").open("a") as handle:
+        handle.write(now() + "\n")
+    if previous is None or not (releases_dir() / previous).exists():
+        reload = "full"  # uWSGI still runs the no-release page: it must re-read its ini
+    else:
+        old_ini = (releases_dir() / previous / "uwsgi.ini").read_bytes()
+        reload = "chain" if old_ini == (release / "uwsgi.ini").read_bytes() else "full"
+    if reload == "chain":
+        # touch-chain-reload: workers restart one by one; the attached Celery worker
+        # gets TERM, finishes its task and starts again from the new release.
+        os.utime(trigger)
+    return {"previous": previous, "current": release_id, "reload": reload}
+
+
+def rollback_target(to: str) -> str:
+    if to:
+        release_dir(to)
+        return to
+    current = current_id()
+    candidates = [r for r in list_releases() if r["state"] == "ready" and r["activated"]]
+    older = [r for r in candidates if r["id"] < (current or "")]
+    if not older:
+        raise ReleaseError("no earlier activated release to roll back to")
+    return older[-1]["id"]
+
+
+# -- listing and cleanup ----------------------------------------------------------------
+
+
+def list_releases() -> list[dict]:
+    current = current_id()
+    found = []
+    for path in sorted(releases_dir().iterdir()) if releases_dir().is_dir() else []:
+        if not path.is_dir() or path.name.startswith("."):
+            continue
+        state = path / ".eep"
+        status = "failed" if (state / "failed").exists() else "ready"
+        if status == "ready" and not (state / "ready").exists():
+            status = "incomplete"
+        activated = (
+            (state / "activated").read_text().split() if (state / "activated").exists() else []
+        )
+        found.append(
+            {
+                "id": path.name,
+                "version": path.name.partition("-")[2],
+                "state": status,
+                "reason": (state / "failed").read_text() if status == "failed" else "",
+                "current": path.name == current,
+                "activated": activated,
+            }
+        )
+    return found
+
+
+def cleanup(keep: int) -> dict:
+    """Keep the newest `keep` good releases (always current and the one before); drop the rest."""
+    releases = list_releases()
+    current = current_id()
+    good = [r["id"] for r in releases if r["state"] == "ready"]
+    keep_ids = set(good[-keep:])
+    if current:
+        keep_ids.add(current)
+        activated = sorted(
+            (r for r in releases if r["activated"] and r["id"] != current),
+            key=lambda r: r["activated"][-1],
+        )
+        if activated:
+            keep_ids.add(activated[-1]["id"])
+    newest = releases[-1]["id"] if releases else None
+    removed = []
+    for release in releases:
+        # The newest release stays even when it failed, so it can be inspected.
+        if release["id"] in keep_ids or release["id"] == newest:
+            continue
+        shutil.rmtree(releases_dir() / release["id"])
+        removed.append(release["id"])
+    used = {
+        os.readlink(path / ".venv").rsplit("/", 1)[-1]
+        for path in releases_dir().iterdir()
+        if (path / ".venv").is_symlink()
+    }
+    venvs = ROOT / "venvs"
+    for venv in venvs.iterdir() if venvs.is_dir() else []:
+        if venv.name not in used and not venv.name.startswith("."):
+            shutil.rmtree(venv)
+            removed.append(f"venv {venv.name}")
+    return {"removed": removed}
+
+
+# -- command line -----------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    global ROOT
+    parser = argparse.ArgumentParser(prog="releases.py")
+    parser.add_argument("--root", required=True)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("lock").add_argument("who")
+    sub.add_parser("unlock")
+    sub.add_parser("fail").add_argument("release_id")
+    sub.choices["fail"].add_argument("reason")
+    sub.add_parser("venv").add_argument("release_id")
+    sub.choices["venv"].add_argument("--python", default="/usr/bin/python3")
+    sub.add_parser("smoke").add_argument("release_id")
+    sub.choices["smoke"].add_argument("wsgi_module")
+    sub.add_parser("steps").add_argument("release_id")
+    sub.add_parser("ready").add_argument("release_id")
+    sub.add_parser("activate").add_argument("release_id")
+    sub.choices["activate"].add_argument("--trigger", required=True)
+    sub.add_parser("rollback-target").add_argument("--to", default="")
+    sub.add_parser("list")
+    sub.add_parser("cleanup").add_argument("--keep", type=int, required=True)
+    args = parser.parse_args(argv)
+    ROOT = Path(args.root)
+    os.umask(0o027)
+    handlers = {
+        "lock": lambda: lock(args.who),
+        "unlock": unlock,
+        "fail": lambda: fail(args.release_id, args.reason),
+        "venv": lambda: build_venv(args.release_id, args.python),
+        "smoke": lambda: smoke(args.release_id, args.wsgi_module),
+        "steps": lambda: run_steps(args.release_id),
+        "ready": lambda: ready(args.release_id),
+        "activate": lambda: activate(args.release_id, args.trigger),
+        "rollback-target": lambda: {"target": rollback_target(args.to)},
+        "list": lambda: {"releases": list_releases()},
+        "cleanup": lambda: cleanup(args.keep),
+    }
+    try:
+        print(json.dumps(handlers[args.command]()))
+    except (ReleaseError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
