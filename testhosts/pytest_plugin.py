@@ -1,0 +1,116 @@
+"""pytest fixtures for disposable Debian 12 test hosts.
+
+Fixtures:
+- testhosts_ready (session): checks preconditions, installs host packages,
+  builds the image, and removes leftovers of crashed runs, once per session.
+- testhost_factory (function): make(name_prefix, from_snapshot=None) -> Host;
+  every host it made is destroyed when the test ends.
+- testhost_factory_module (module): the same, destroyed after the module.
+- session_testhost (session): one Host shared by the whole session.
+
+A host that cannot be booted makes the test ERROR (HarnessError), never skip.
+Hosts belong to the pytest process: if it dies, the next session's
+cleanup_leftovers() removes them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .cleanup import cleanup_leftovers
+from .deps import ensure_ready
+from .errors import HarnessError
+from .host import Host, create_host, get_host
+from .paths import HOST_NAME_RE
+
+HostFactory = Callable[..., Host]
+
+
+def unique_name(prefix: str) -> str:
+    """prefix plus a short random suffix, usable as hostname and netns name."""
+    clean = re.sub(r"[^a-z0-9-]+", "-", prefix.lower()).strip("-")[:14] or "t"
+    if not clean[0].isalpha():
+        clean = f"t{clean}"[:14]
+    for _ in range(20):
+        name = f"{clean}-{secrets.token_hex(2)}"
+        if not HOST_NAME_RE.match(name):
+            raise HarnessError(f"cannot make a host name from prefix {prefix!r}")
+        try:
+            get_host(name)
+        except HarnessError:
+            return name
+    raise HarnessError(f"no free host name for prefix {prefix!r}")
+
+
+class _Factory:
+    """Creates hosts owned by this pytest process and destroys them at the end."""
+
+    def __init__(self) -> None:
+        self.hosts: list[Host] = []
+
+    def __call__(
+        self, name_prefix: str = "t", from_snapshot: str | None = None, timeout: float = 90
+    ) -> Host:
+        host = create_host(
+            unique_name(name_prefix),
+            from_snapshot=from_snapshot,
+            timeout=timeout,
+            owner_pid=os.getpid(),
+        )
+        self.hosts.append(host)
+        return host
+
+    def destroy_all(self) -> None:
+        errors = []
+        while self.hosts:
+            host = self.hosts.pop()
+            try:
+                host.destroy()
+            except HarnessError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise HarnessError("; ".join(errors))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "e2e: end-to-end test on real disposable Debian hosts (needs root; slow)"
+    )
+
+
+@pytest.fixture(scope="session")
+def testhosts_ready() -> None:
+    ensure_ready()
+    cleanup_leftovers()
+
+
+@pytest.fixture
+def testhost_factory(testhosts_ready: None) -> Iterator[HostFactory]:
+    factory = _Factory()
+    try:
+        yield factory
+    finally:
+        factory.destroy_all()
+
+
+@pytest.fixture(scope="module")
+def testhost_factory_module(testhosts_ready: None) -> Iterator[HostFactory]:
+    factory = _Factory()
+    try:
+        yield factory
+    finally:
+        factory.destroy_all()
+
+
+@pytest.fixture(scope="session")
+def session_testhost(testhosts_ready: None) -> Iterator[Host]:
+    factory = _Factory()
+    try:
+        yield factory("session")
+    finally:
+        factory.destroy_all()
