@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -77,10 +78,70 @@ WATCHED_FILES = "/etc/passwd /etc/group /etc/shadow /etc/gshadow"
 
 
 def snapshot_state(host) -> str:
-    """Paths, owners, modes, mtimes and checksums of what provisioning manages, plus packages."""
+    """Paths, owners, modes, file mtimes and checksums of what provisioning manages, packages.
+
+    Directory mtimes are left out: a temporary file checked and removed beside a
+    config changes its directory's mtime, and nothing else.
+    """
     return host.run(
-        f"find {WATCHED} {WATCHED_FILES} -xdev -printf '%p %M %u %g %T@\\n' 2>/dev/null | sort;"
+        f"find {WATCHED} {WATCHED_FILES} -xdev -type d -printf '%p %M %u %g\\n' | sort;"
+        f" find {WATCHED} {WATCHED_FILES} -xdev ! -type d -printf '%p %M %u %g %T@\\n' | sort;"
         f" find {WATCHED} -xdev -type f -exec md5sum {{}} + | sort; "
         " dpkg-query -W -f='${Package} ${Version} ${Status}\\n' | md5sum;"
         " systemctl list-unit-files --state=enabled --no-legend | md5sum"
     ).stdout
+
+
+# A bounded closed-loop load generator, run ON the test host (its own network
+# namespace) against nginx on 127.0.0.1: prints one JSON line of results.
+LOAD_SCRIPT = r"""
+import http.client, json, sys, threading, time
+host, seconds, concurrency = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+latencies, failures, lock = [], [], threading.Lock()
+deadline = time.monotonic() + seconds
+def worker():
+    while time.monotonic() < deadline:
+        start = time.monotonic()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", 80, timeout=10)
+            conn.request("GET", "/", headers={"Host": host})
+            response = conn.getresponse()
+            response.read()
+            conn.close()
+            ok = 200 <= response.status < 300
+            detail = response.status
+        except Exception as error:
+            ok, detail = False, repr(error)
+        with lock:
+            latencies.append(time.monotonic() - start)
+            if not ok:
+                failures.append(detail)
+threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+latencies.sort()
+pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1)
+print(json.dumps({"requests": len(latencies), "failed": len(failures),
+                  "failures": [str(f) for f in failures[:5]],
+                  "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0)}))
+"""
+
+
+class load_test:  # noqa: N801 - used as a context manager, reads like a function
+    """Run LOAD_SCRIPT on the host while the `with` body runs; `.stats` afterwards."""
+
+    def __init__(self, host, server_name: str, *, seconds: float, concurrency: int) -> None:
+        self.command = [*host.ssh_command(), f"python3 - {server_name} {seconds} {concurrency}"]
+        self.stats: dict = {}
+
+    def __enter__(self) -> load_test:
+        self.proc = subprocess.Popen(
+            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.proc.stdin.write(LOAD_SCRIPT)
+        self.proc.stdin.close()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        out, _ = self.proc.communicate(timeout=120)
+        self.stats = json.loads(out.strip().splitlines()[-1])

@@ -36,9 +36,11 @@ def ensure_file(
     host_file: HostFile,
     *,
     validate: Callable[[str], None] | None = None,
+    backup: str = "",
 ) -> bool:
     """Install one file from the tree; `validate(temp_path)` may refuse it before it goes live.
 
+    With `backup`, the file being replaced is first copied there (mtime kept).
     Returns True when the host's file changed (or would change, in check mode).
     """
     want = render(host_file).encode()
@@ -58,6 +60,8 @@ def ensure_file(
     diff = unified_diff(host_file.path, have, want) if have != want else ""
     if not report.change(step, why, diff):
         return True
+    if backup and have is not None:
+        remote.run(f"cp -p {shlex.quote(host_file.path)} {shlex.quote(backup)}")
     if validate is None:
         remote.install(
             host_file.path, want, mode=host_file.mode, owner=host_file.owner, group=host_file.group

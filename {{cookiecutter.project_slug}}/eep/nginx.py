@@ -13,8 +13,9 @@ ENABLED = f"/etc/nginx/sites-enabled/{app.SLUG}"
 
 def ensure_site(remote: Remote, report: Report, *, reload: bool = False) -> None:
     site = host_file("config/nginx.conf")
-    previous = remote.read(site.path)
-    changed = ensure_file(remote, report, site)
+    backup = f"{site.path}.eep-previous"
+    # The accepted file is kept (mtime included) to be put back if nginx -t refuses the new one.
+    changed = ensure_file(remote, report, site, backup=backup)
     link = remote.run(f"readlink {ENABLED}", check=False).stdout.strip()
     if link == site.path:
         report.unchanged(f"link {ENABLED}")
@@ -26,11 +27,10 @@ def ensure_site(remote: Remote, report: Report, *, reload: bool = False) -> None
     test = remote.run("nginx -t", check=False)
     if test.exited != 0:
         # Put back what nginx accepted before, so it keeps serving and a re-run works.
-        if previous is None:
-            remote.run(f"rm -f {ENABLED} {site.path}")
-        else:
-            remote.install(site.path, previous, mode=site.mode, owner=site.owner, group=site.group)
+        remote.run(
+            f"if [ -f {backup} ]; then mv -f {backup} {site.path}; else rm -f {ENABLED} {site.path}; fi"
+        )
         errors = [line for line in test.stderr.splitlines() if "emerg" in line or "error" in line]
         raise HostError(f"nginx -t refused the site, previous kept: {(errors or ['?'])[0]}")
-    remote.run("systemctl reload nginx")
+    remote.run(f"rm -f {backup} && systemctl reload nginx")
     report.change("nginx", "reloaded")

@@ -1,0 +1,271 @@
+"""`invoke deploy`, `rollback`, `releases` as the deploy account against a provisioned host.
+
+The tests of this module share one host and run in order: v1, then v2 under load
+with a running task, then failures, rollback, crashes and reboot.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from e2e_support import REPO, bake_tree, load_test, snapshot_state
+
+pytestmark = pytest.mark.e2e
+
+SLUG = "shop"
+BUILD = REPO / "sample_app" / "build_release.py"
+
+
+def build(version: str, out: Path, **extra: bytes) -> Path:
+    """The sample app's release tarball, optionally with extra files (name -> content)."""
+    path = Path(
+        subprocess.run(
+            ["python3", str(BUILD), version, str(out)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    if extra:
+        with tarfile.open(path) as tar:
+            members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar]
+        with tarfile.open(path, "w:gz") as tar:
+            for member, data in members:
+                tar.addfile(member, io.BytesIO(data) if data is not None else None)
+            for name, data in extra.items():
+                info = tarfile.TarInfo(f"sample-{version}/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("dist")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return bake_tree(tmp_path_factory.mktemp("trees"), SLUG, uwsgi_processes="4")
+
+
+@pytest.fixture(scope="module")
+def host(testhost_factory_module, tree):
+    host = testhost_factory_module("dep")
+    result = tree.provision(host)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return host
+
+
+def deploy(tree, host, *args: str) -> subprocess.CompletedProcess:
+    return tree.invoke(
+        *args,
+        "--host",
+        f"{SLUG}-deploy@127.0.0.1:{host.ssh_port}",
+        "--identity",
+        str(tree.deploy_key),
+    )
+
+
+def page(host, path: str = "/") -> str:
+    return host.run(f"curl -s -H 'Host: {SLUG}.example.com' http://127.0.0.1{path}").stdout
+
+
+def marker(host, task_id: str, timeout: float = 60) -> dict:
+    path = f"/srv/{SLUG}/shared/var/tasks/{task_id}.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = host.run(f"cat {path}", check=False)
+        if found.returncode == 0:
+            return json.loads(found.stdout)
+        time.sleep(0.5)
+    raise AssertionError(f"task {task_id} never finished")
+
+
+def celery_masters(host) -> list[str]:
+    """Main Celery worker processes (not their pool children)."""
+    rows = host.run("ps -eo pid=,ppid=,args=").stdout.splitlines()
+    procs = {int(r.split()[0]): (int(r.split()[1]), r) for r in rows}
+    return [
+        row
+        for pid, (ppid, row) in procs.items()
+        if "celery" in row and "worker" in row and "celery" not in procs.get(ppid, (0, ""))[1]
+    ]
+
+
+def test_first_deploy_serves_v1(tree, host, dist):
+    result = deploy(tree, host, "deploy", "--release", str(build("v1", dist)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"deployed \d{8}T\d{6}Z-v1 in [\d.]+ s \(upload", result.stdout)
+    assert page(host).startswith("sample v1 pid ")
+    assert len(celery_masters(host)) == 1
+
+
+def test_redeploying_the_same_tarball_reuses_the_virtualenv(tree, host, dist):
+    result = deploy(tree, host, "deploy", "--release", str(build("v1", dist)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"virtualenv \w+ reused", result.stdout)
+    assert page(host).startswith("sample v1 ")
+
+
+def test_deploy_under_load_drops_no_request_and_lets_the_running_task_finish(tree, host, dist):
+    assert page(host, "/task?seconds=30&id=long").startswith("queued long by v1")
+    time.sleep(2)  # the worker has picked it up
+    with load_test(host, f"{SLUG}.example.com", seconds=20, concurrency=8) as load:
+        time.sleep(3)
+        result = deploy(tree, host, "deploy", "--release", str(build("v2", dist)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    stats = load.stats
+    print(f"deploy under load: {stats}")
+    assert stats["requests"] > 100
+    assert stats["failed"] == 0, stats
+    assert page(host).startswith("sample v2 ")
+    assert marker(host, "long")["version"] == "v1"
+    page(host, "/task?seconds=1&id=after")
+    assert marker(host, "after")["version"] == "v2"
+    assert len(celery_masters(host)) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("dotdot", lambda t: t.addfile(tarfile.TarInfo("../evil"), io.BytesIO(b""))),
+        ("absolute", lambda t: t.addfile(tarfile.TarInfo("/etc/evil"), io.BytesIO(b""))),
+        ("symlink-etc", lambda t: t.addfile(_link("app/etc", "/etc", tarfile.SYMTYPE))),
+        ("hardlink", lambda t: t.addfile(_link("app/pw", "/etc/passwd", tarfile.LNKTYPE))),
+        ("setuid", lambda t: t.addfile(_mode("app/suid", 0o4755), io.BytesIO(b""))),
+        ("fifo", lambda t: t.addfile(_fifo("app/pipe"))),
+    ],
+)
+def test_malicious_tarball_is_refused_and_nothing_changes(tree, host, tmp_path, name, make):
+    bad = tmp_path / f"bad-{name}.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        for file in ("requirements.txt", "app/__init__.py", "app/wsgi.py"):
+            info = tarfile.TarInfo(file)
+            tar.addfile(info, io.BytesIO(b""))
+        make(tar)
+    before = snapshot_state(host)
+    result = deploy(tree, host, "deploy", "--release", str(bad))
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: ") and "refused" in result.stderr
+    assert snapshot_state(host) == before
+    assert page(host).startswith("sample v2 ")
+    # The host refuses it too, on its own (a developer may bypass the local check).
+    host.put_file(f"/tmp/{bad.name}", bad.read_bytes(), 0o644)
+    on_host = host.run(
+        f"runuser -u {SLUG}-deploy -- python3 /srv/{SLUG}/.eep/tarball.py extract"
+        f" /tmp/{bad.name} /tmp/out-{name} app.wsgi:application",
+        check=False,
+    )
+    assert on_host.returncode == 1 and on_host.stderr.startswith("error: ")
+    assert host.run(f"test -e /tmp/out-{name}", check=False).returncode != 0
+
+
+def _link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+def _mode(name: str, mode: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mode = mode
+    return info
+
+
+def _fifo(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.FIFOTYPE
+    return info
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "reason"),
+    [
+        ("migration", {"eep.toml": b'[release]\npre_activate = ["exit 3"]\n'}, "step `exit 3`"),
+        ("smoke", {"app/wsgi.py": b"raise RuntimeError('boom')\n"}, "smoke check failed"),
+    ],
+)
+def test_failing_release_is_marked_failed_and_current_keeps_serving(
+    tree, host, tmp_path, name, extra, reason
+):
+    result = deploy(tree, host, "deploy", "--release", str(build(f"f-{name}", tmp_path, **extra)))
+    assert result.returncode != 0
+    assert "failed, nothing activated" in result.stderr and reason in result.stderr
+    assert page(host).startswith("sample v2 ")
+    listing = deploy(tree, host, "releases").stdout
+    assert re.search(rf"\S+-f-{name}\s+failed\s+-\s+.*{re.escape(reason)}", listing), listing
+    assert re.search(r"^\* \S+-v2\s+ready", listing, re.M), listing
+
+
+def test_rollback_under_load_is_quick_and_drops_nothing(tree, host):
+    with load_test(host, f"{SLUG}.example.com", seconds=8, concurrency=8) as load:
+        time.sleep(2)
+        started = time.monotonic()
+        result = deploy(tree, host, "rollback")
+        took = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    print(f"rollback took {took:.1f} s; load: {load.stats}")
+    assert load.stats["failed"] == 0
+    assert page(host).startswith("sample v1 ")
+
+
+def test_a_second_concurrent_deploy_is_refused_by_the_lock(tree, host, dist):
+    host.run(
+        f"runuser -u {SLUG}-deploy -- mkdir /srv/{SLUG}/.deploy-lock && echo"
+        f' \'{{"who": "carol@ci", "since": "2026-01-01T00:00:00Z"}}\''
+        f" > /srv/{SLUG}/.deploy-lock/holder.json"
+    )
+    refused = deploy(tree, host, "deploy", "--release", str(build("v2", dist)))
+    assert refused.returncode != 0
+    assert "another deploy holds the lock: carol@ci since 2026-01-01T00:00:00Z" in refused.stderr
+    forced = deploy(tree, host, "deploy", "--release", str(build("v2", dist)), "--break-lock")
+    assert forced.returncode == 0, forced.stderr
+    assert page(host).startswith("sample v2 ")
+
+
+def wait_for(check, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
+
+
+def test_killed_processes_come_back(host):
+    celery = celery_masters(host)[0].split()[0]
+    host.run(f"kill -9 {celery}")
+    wait_for(lambda: len(masters := celery_masters(host)) == 1 and masters[0].split()[0] != celery)
+    master = host.run(f"cat /run/{SLUG}/uwsgi/uwsgi.pid").stdout.strip()
+    host.run(f"kill -9 {master}")
+    wait_for(lambda: page(host).startswith("sample v2 "))
+    time.sleep(3)
+    assert len(celery_masters(host)) == 1
+    supervisord = host.run("systemctl show -p MainPID --value supervisor").stdout.strip()
+    host.run(f"kill -9 {supervisord}")
+    wait_for(lambda: page(host).startswith("sample v2 "), timeout=60)
+
+
+def test_release_with_root_options_in_its_ini_gets_no_root(tree, host, tmp_path):
+    hostile = (tree.path / "uwsgi.ini").read_bytes() + (
+        b"\nexec-as-root = touch /root/owned\nhook-as-root = exec:touch /root/owned2\n"
+        b"uid = root\ngid = root\n"
+    )
+    result = deploy(
+        tree, host, "deploy", "--release", str(build("v3", tmp_path, **{"uwsgi.ini": hostile}))
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert page(host).startswith("sample v3 ")
+    assert host.run("ls /root/owned /root/owned2", check=False).returncode != 0
+    users = set(host.run("ps -o user= -p $(pgrep -d, -f 'uwsgi-core|celery')").stdout.split())
+    assert users == {SLUG}
+
+
+def test_the_app_serves_again_after_a_reboot(host):
+    host.reboot()
+    wait_for(lambda: page(host).startswith("sample v3 "), timeout=60)
+    assert len(celery_masters(host)) == 1
