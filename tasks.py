@@ -49,10 +49,10 @@ def fmt(c):
     c.run(f"{PY} -m ruff check --isolated --line-length 100 --fix {baked}", warn=True)
     for path in sorted(baked.rglob("*.py")):
         source = template / path.relative_to(baked)
-        if source.exists() and "{{" not in source.read_text() and "{%" not in source.read_text():
-            if source.read_text() != path.read_text():
-                source.write_text(path.read_text())
-                print(f"formatted {source.relative_to(REPO)}")
+        text = source.read_text() if source.exists() else "{{"
+        if "{{" not in text and "{%" not in text and text != path.read_text():
+            source.write_text(path.read_text())
+            print(f"formatted {source.relative_to(REPO)}")
 
 
 @task
