@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -86,15 +88,104 @@ def bake(c, slug="demo"):
     return out / slug
 
 
+def _show(title: str, text: str) -> None:
+    print(f"\n==> {title}")
+    print("\n".join(f"    {line}" for line in text.strip().splitlines()))
+
+
 @task
 def demo(c):
-    """Bake the template with defaults and show the generated provisioning tree."""
-    tree = bake(c)
-    print(f"\n==> The provisioning tree {tree.relative_to(REPO)}:")
-    c.run(f"find {tree} -type f -not -path '*/__pycache__/*' | sort | sed 's|{tree}/|  |'")
-    for name in ("config/supervisor.conf", "config/sudoers"):
-        print(f"\n==> {name}:")
-        c.run(f"cat {tree / name}")
+    """Bake the template, boot a local Debian host, provision it, deploy the sample app twice."""
+    sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e")]
+    from e2e_support import bake_tree, load_test
+
+    from testhosts import create_host, ensure_ready, get_host
+    from testhosts.errors import HarnessError
+
+    out = BUILD / "demo"
+    c.run(f"rm -rf {out / 'shop'}", hide=True)
+    out.mkdir(parents=True, exist_ok=True)
+    print("==> bake the template (project_slug=shop, domain=shop.example.com)")
+    tree = bake_tree(out, "shop")
+    print(
+        f"    {tree.path.relative_to(REPO)}: "
+        + " ".join(sorted(p.name for p in tree.path.iterdir()))
+    )
+    print("==> boot a disposable Debian 12 host (systemd-nspawn, own network namespace)")
+    ensure_ready()
+    with contextlib.suppress(HarnessError):
+        get_host("eep-demo").destroy()
+    host = create_host("eep-demo")
+
+    def step(title: str, *args: str) -> str:
+        print(f"\n==> invoke {' '.join(args)}")
+        result = tree.invoke(*args)
+        print(result.stdout.rstrip())
+        if result.returncode != 0:
+            raise Exit(f"error: {title} failed: {result.stderr.strip()}", code=1)
+        return result.stdout
+
+    tree.trust(host)
+    step(
+        "provision",
+        "provision",
+        "--host",
+        f"root@127.0.0.1:{host.ssh_port}",
+        "--identity",
+        str(host.key_path),
+    )
+    deploy_args = [
+        "--host",
+        f"shop-deploy@127.0.0.1:{host.ssh_port}",
+        "--identity",
+        str(tree.deploy_key),
+    ]
+    dist = out / "dist"
+    releases = [
+        c.run(f"{PY} sample_app/build_release.py {v} {dist}", hide=True).stdout.strip()
+        for v in ("v1", "v2")
+    ]
+    step("deploy v1", "deploy", "--release", releases[0], *deploy_args)
+    page = "curl -s -H 'Host: shop.example.com' http://127.0.0.1"
+    _show("the app answers through nginx", host.run(f"{page}/").stdout)
+    _show(
+        "a 15 s Celery task is queued on v1", host.run(f"{page}/task?seconds=15\\&id=demo").stdout
+    )
+    with load_test(host, "shop.example.com", seconds=10, concurrency=4) as load:
+        step("deploy v2 under load", "deploy", "--release", releases[1], *deploy_args)
+    _show("requests during the deploy", json.dumps(load.stats))
+    _show("the app answers", host.run(f"{page}/").stdout)
+    marker = "/srv/shop/shared/var/tasks/demo.json"
+    host.run(f"for i in $(seq 60); do test -f {marker} && break; sleep 0.5; done")
+    _show(
+        "the task queued before the deploy finished on its release",
+        host.run(f"cat {marker}").stdout,
+    )
+    step("releases", "releases", *deploy_args)
+    print(f"\n==> the host stays up: {host.ssh_line()}")
+    print("    remove it with: ./dev host.down eep-demo")
 
 
-ns = Collection(test, unit, e2e, lint, fmt, bake, demo)
+@task(help={"name": "host name"})
+def host_up(c, name):
+    """Boot a disposable Debian 12 test host and print how to reach it."""
+    c.run(f"{PY} -m testhosts up {name}", pty=False)
+
+
+@task(help={"name": "host name"})
+def host_down(c, name):
+    """Destroy a test host."""
+    c.run(f"{PY} -m testhosts down {name}", pty=False)
+
+
+@task
+def host_list(c):
+    """List the test hosts."""
+    c.run(f"{PY} -m testhosts list", pty=False)
+
+
+host = Collection("host")
+host.add_task(host_up, "up")
+host.add_task(host_down, "down")
+host.add_task(host_list, "list")
+ns = Collection(test, unit, e2e, lint, fmt, bake, demo, host)

@@ -143,5 +143,8 @@ class load_test:  # noqa: N801 - used as a context manager, reads like a functio
         return self
 
     def __exit__(self, *exc) -> None:
-        out, _ = self.proc.communicate(timeout=120)
-        self.stats = json.loads(out.strip().splitlines()[-1])
+        out = self.proc.stdout.read()
+        self.proc.wait(timeout=120)
+        lines = out.strip().splitlines()
+        assert lines, f"the load generator printed nothing (exit {self.proc.returncode})"
+        self.stats = json.loads(lines[-1])

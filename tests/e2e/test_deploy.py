@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shlex
 import subprocess
 import tarfile
 import time
@@ -34,7 +35,10 @@ def build(version: str, out: Path, **extra: bytes) -> Path:
         with tarfile.open(path) as tar:
             members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar]
         with tarfile.open(path, "w:gz") as tar:
+            replaced = {f"sample-{version}/{name}" for name in extra}
             for member, data in members:
+                if member.name in replaced:
+                    continue
                 tar.addfile(member, io.BytesIO(data) if data is not None else None)
             for name, data in extra.items():
                 info = tarfile.TarInfo(f"sample-{version}/{name}")
@@ -72,7 +76,8 @@ def deploy(tree, host, *args: str) -> subprocess.CompletedProcess:
 
 
 def page(host, path: str = "/") -> str:
-    return host.run(f"curl -s -H 'Host: {SLUG}.example.com' http://127.0.0.1{path}").stdout
+    url = shlex.quote(f"http://127.0.0.1{path}")
+    return host.run(f"curl -s -H 'Host: {SLUG}.example.com' {url}").stdout
 
 
 def marker(host, task_id: str, timeout: float = 60) -> dict:

@@ -44,7 +44,7 @@ def test_second_run_changes_nothing(host, tree):
 ACCOUNTS = [
     # user, shell, home, groups (id -nG)
     (SLUG, "/usr/sbin/nologin", f"/srv/{SLUG}", {SLUG}),
-    (f"{SLUG}-deploy", "/bin/bash", f"/home/{SLUG}-deploy", {f"{SLUG}-deploy", SLUG}),
+    (f"{SLUG}-deploy", "/bin/bash", f"/home/{SLUG}-deploy", {SLUG}),
 ]
 
 
@@ -80,8 +80,9 @@ PATHS = [
     (f"/etc/supervisor/conf.d/{SLUG}.conf", "regular file", "644", "root", "root"),
     (f"/etc/nginx/sites-available/{SLUG}", "regular file", "644", "root", "root"),
     (f"/etc/nginx/sites-enabled/{SLUG}", "symbolic link", "777", "root", "root"),
-    (f"/home/{SLUG}-deploy/.ssh", "directory", "750", "root", f"{SLUG}-deploy"),
-    (f"/home/{SLUG}-deploy/.ssh/authorized_keys", "regular file", "640", "root", f"{SLUG}-deploy"),
+    (f"/home/{SLUG}-deploy", "directory", "700", f"{SLUG}-deploy", SLUG),
+    (f"/home/{SLUG}-deploy/.ssh", "directory", "750", "root", SLUG),
+    (f"/home/{SLUG}-deploy/.ssh/authorized_keys", "regular file", "640", "root", SLUG),
 ]
 
 

@@ -28,19 +28,20 @@ def ensure_group(remote: Remote, report: Report, group: str) -> None:
         remote.run(f"groupadd --system {group}")
 
 
-def ensure_user(
-    remote: Remote, report: Report, user: str, *, home: str, shell: str, groups: list[str]
-) -> None:
-    """A user with this home, shell and supplementary groups; refuses foreign accounts."""
+def ensure_user(remote: Remote, report: Report, user: str, *, home: str, shell: str) -> None:
+    """A user whose primary group is the app's, with this home and shell.
+
+    Both accounts share the app group: whatever the deploy account creates (releases,
+    virtualenvs) is readable by the runtime user, and writable only by its owner.
+    Refuses to take over an account eep did not make.
+    """
     entry = _passwd(remote, user)
     step = f"user {user}"
     if entry is None:
         if report.change(step, "created"):
             options = "--system --no-create-home" if user == app.RUNTIME_USER else "--create-home"
-            primary = f"--gid {app.RUNTIME_USER}" if user == app.RUNTIME_USER else "--user-group"
-            extra = f"--groups {','.join(groups)}" if groups else ""
             remote.run(
-                f"useradd {options} {primary} {extra} --home-dir {home} --shell {shell}"
+                f"useradd {options} --gid {app.RUNTIME_USER} --home-dir {home} --shell {shell}"
                 f" --comment '{MARK}' {user}"
             )
         return
@@ -53,15 +54,13 @@ def ensure_user(
         wrong.append(f"home {entry[5]}")
     if entry[6] != shell:
         wrong.append(f"shell {entry[6]}")
-    have = set(remote.run(f"id -nG {user}").stdout.split())
-    lacking = [group for group in groups if group not in have]
-    if lacking:
-        wrong.append("not in " + ",".join(lacking))
+    primary = remote.run(f"id -gn {user}").stdout.strip()
+    if primary != app.RUNTIME_USER:
+        wrong.append(f"primary group {primary}")
     if not wrong:
         report.unchanged(step)
     elif report.change(step, "fixed " + ", ".join(wrong)):
-        extra = f"--append --groups {','.join(lacking)}" if lacking else ""
-        remote.run(f"usermod --home {home} --shell {shell} {extra} {user}")
+        remote.run(f"usermod --home {home} --shell {shell} --gid {app.RUNTIME_USER} {user}")
 
 
 def ensure_member(remote: Remote, report: Report, user: str, group: str, why: str) -> bool:
@@ -77,17 +76,8 @@ def ensure_member(remote: Remote, report: Report, user: str, group: str, why: st
 def ensure_accounts(remote: Remote, report: Report) -> bool:
     """Create or fix both accounts; True when nginx's groups changed (it must reload)."""
     ensure_group(remote, report, app.RUNTIME_USER)
-    ensure_user(
-        remote, report, app.RUNTIME_USER, home=app.APP_ROOT, shell="/usr/sbin/nologin", groups=[]
-    )
-    ensure_user(
-        remote,
-        report,
-        app.DEPLOY_USER,
-        home=f"/home/{app.DEPLOY_USER}",
-        shell="/bin/bash",
-        groups=[app.RUNTIME_USER],
-    )
+    ensure_user(remote, report, app.RUNTIME_USER, home=app.APP_ROOT, shell="/usr/sbin/nologin")
+    ensure_user(remote, report, app.DEPLOY_USER, home=f"/home/{app.DEPLOY_USER}", shell="/bin/bash")
     return ensure_member(
         remote, report, "www-data", app.RUNTIME_USER, "nginx reaches the socket and static files"
     )

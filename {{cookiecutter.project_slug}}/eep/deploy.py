@@ -26,6 +26,7 @@ from eep.tarball import TarballError, inspect
 AGENT_DIR = f"{app.APP_ROOT}/.eep"
 HERE = Path(__file__).resolve().parent
 CTL = "sudo -n /usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
+UWSGI_LOG = f"{app.LOG_DIR}/uwsgi.log"
 SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
 
 
@@ -90,20 +91,43 @@ def _lock_holder() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
+def _log_size(session: Session) -> int:
+    found = session.remote.run(f"stat -c %s {UWSGI_LOG}", check=False).stdout.strip()
+    return int(found or 0)
+
+
+def _wait_for_log(session: Session, offset: int, text: str, timeout: float) -> bool:
+    """Wait until uWSGI's log says `text` after byte `offset` (the reload has finished)."""
+    deadline = time.monotonic() + timeout
+    command = f"tail -c +{offset + 1} {UWSGI_LOG} | grep -c {shlex.quote(text)}"
+    while time.monotonic() < deadline:
+        if _log_size(session) < offset:  # the log was rotated meanwhile
+            command = f"grep -c {shlex.quote(text)} {UWSGI_LOG}"
+        if session.remote.run(command, check=False).stdout.strip() not in ("", "0"):
+            return True
+        time.sleep(0.3)
+    return False
+
+
 def _activate(session: Session, release_id: str) -> None:
+    offset = _log_size(session)
     with session.step("activate", release_id):
         result = session.agent("activate", release_id, "--trigger", app.DEPLOY_TRIGGER)
         if result["reload"] == "full":
             # First release, or its uwsgi.ini changed: uWSGI must re-read its config.
             # SIGHUP is a graceful reload; the Celery worker still finishes its task.
             session.remote.run(f"{CTL} signal HUP {app.SLUG}")
-    with session.step("verify", f"reload: {result['reload']}"):
+    with session.step("reload", result["reload"]):
+        # Chain reload: workers are replaced one at a time (each finishes its requests).
+        done = "chain reloading complete" if result["reload"] == "chain" else "WSGI app 0"
+        if not _wait_for_log(session, offset, done, timeout=180):
+            raise HostError(f"uWSGI did not finish reloading {release_id}; see {UWSGI_LOG}")
         deadline = time.monotonic() + 60
         while (status := session.http_status()) >= 500 or status == 0:
             if time.monotonic() > deadline:
                 raise HostError(
-                    f"{release_id} is active but the app answers {status}; see {app.LOG_DIR}"
-                    "/uwsgi.log, and `invoke rollback` to go back"
+                    f"{release_id} is active but the app answers {status}; see {UWSGI_LOG},"
+                    " and `invoke rollback` to go back"
                 )
             time.sleep(0.5)
 

@@ -25,9 +25,9 @@ DIRECTORIES = [
     (app.LOG_DIR, "root", RUNTIME, 0o750),
     ("/etc/eep", "root", "root", 0o755),
     (app.CONF_DIR, "root", RUNTIME, 0o750),
-    (f"/home/{DEPLOY}", DEPLOY, DEPLOY, 0o750),
+    (f"/home/{DEPLOY}", DEPLOY, RUNTIME, 0o700),
     # Root-owned: the developer's keys are managed in this tree, not on the host.
-    (f"/home/{DEPLOY}/.ssh", "root", DEPLOY, 0o750),
+    (f"/home/{DEPLOY}/.ssh", "root", RUNTIME, 0o750),
 ]
 if app.USE_CELERY:
     DIRECTORIES.append((f"{app.SHARED_DIR}/redis", RUNTIME, RUNTIME, 0o700))

@@ -38,7 +38,7 @@ HOST_FILES = [
         "config/authorized_keys",
         f"/home/{app.DEPLOY_USER}/.ssh/authorized_keys",
         owner="root",
-        group=app.DEPLOY_USER,
+        group=app.SLUG,
         mode=0o640,
     ),
 ]
