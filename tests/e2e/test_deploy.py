@@ -252,7 +252,17 @@ def test_killed_processes_come_back(host):
     assert len(celery_masters(host)) == 1
     supervisord = host.run("systemctl show -p MainPID --value supervisor").stdout.strip()
     host.run(f"kill -9 {supervisord}")
-    wait_for(lambda: page(host).startswith("sample v2 "), timeout=60)
+
+    def supervisor_back() -> bool:
+        pid = host.run("systemctl show -p MainPID --value supervisor").stdout.strip()
+        return pid not in ("0", supervisord) and page(host).startswith("sample v2 ")
+
+    wait_for(supervisor_back, timeout=30)
+    time.sleep(3)
+    # The old process tree did not survive next to the new one.
+    assert len(celery_masters(host)) == 1
+    masters = host.run(f"pgrep -u {SLUG} -f 'uwsgi-core --ini' -P 1", check=False).stdout.split()
+    assert masters == [], "an orphaned uWSGI master survived"
 
 
 def test_release_with_root_options_in_its_ini_gets_no_root(tree, host, tmp_path):

@@ -80,6 +80,7 @@ PATHS = [
     (f"/etc/supervisor/conf.d/{SLUG}.conf", "regular file", "644", "root", "root"),
     (f"/etc/nginx/sites-available/{SLUG}", "regular file", "644", "root", "root"),
     (f"/etc/nginx/sites-enabled/{SLUG}", "symbolic link", "777", "root", "root"),
+    ("/etc/systemd/system/supervisor.service.d/eep.conf", "regular file", "644", "root", "root"),
     (f"/home/{SLUG}-deploy", "directory", "700", f"{SLUG}-deploy", SLUG),
     (f"/home/{SLUG}-deploy/.ssh", "directory", "750", "root", SLUG),
     (f"/home/{SLUG}-deploy/.ssh/authorized_keys", "regular file", "640", "root", SLUG),
@@ -105,6 +106,11 @@ def test_sudoers_is_valid_and_deploy_may_run_only_its_literal_commands(host):
     ]
     assert sorted(allowed) == sorted([*expected, f"{ctl} status {SLUG}-redis"])
     assert "ALL" not in listing.split("may run the following commands")[1].replace("(root)", "")
+
+
+def test_supervisord_comes_back_quickly_and_without_orphans(host):
+    settings = host.run("systemctl show supervisor -p KillMode -p Restart -p RestartUSec").stdout
+    assert sorted(settings.split()) == ["KillMode=mixed", "Restart=always", "RestartUSec=2s"]
 
 
 @pytest.mark.parametrize("service", ["nginx", "supervisor"])

@@ -31,6 +31,7 @@ HOST_FILES = [
     HostFile("config/uwsgi-base.ini", f"{app.CONF_DIR}/uwsgi.ini"),
     HostFile("config/no-release.py", f"{app.CONF_DIR}/no-release.py"),
     HostFile("config/supervisor.conf", f"/etc/supervisor/conf.d/{app.SLUG}.conf"),
+    HostFile("config/supervisor-service.conf", "/etc/systemd/system/supervisor.service.d/eep.conf"),
     HostFile("config/nginx.conf", f"/etc/nginx/sites-available/{app.SLUG}"),
     HostFile("config/sudoers", f"/etc/sudoers.d/{app.SLUG}", mode=0o440),
     # The developer's public key (never a private key): SSH login as the deploy account.

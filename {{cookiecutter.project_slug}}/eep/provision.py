@@ -11,7 +11,7 @@ from eep.packages import check_system, ensure_packages, ensure_services
 from eep.remote import HostError, Remote, Target
 from eep.report import Report, say
 from eep.sudoers import ensure_sudoers
-from eep.supervisor import ensure_programs
+from eep.supervisor import ensure_programs, ensure_service_settings
 from eep.uwsgi import ensure_uwsgi_files
 
 
@@ -25,6 +25,7 @@ def provision_host(remote: Remote, report: Report) -> None:
     ensure_run_dirs(remote, report)
     uwsgi_changed, broker_changed = ensure_uwsgi_files(remote, report)
     ensure_sudoers(remote, report)
+    ensure_service_settings(remote, report)
     ensure_programs(remote, report, uwsgi_changed=uwsgi_changed, broker_changed=broker_changed)
     ensure_site(remote, report, reload=nginx_groups_changed)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from eep import app
-from eep.files import ensure_file
+from eep.files import ensure_dir, ensure_file
 from eep.manifest import host_file
 from eep.remote import HostError, Remote
 from eep.report import Report
@@ -33,6 +33,23 @@ def wait_running(remote: Remote, timeout: float = 20) -> dict[str, str]:
         if settled or time.monotonic() > deadline:
             return states
         time.sleep(0.5)
+
+
+def ensure_service_settings(remote: Remote, report: Report) -> None:
+    """systemd brings a dead supervisord back in seconds, without orphans (a drop-in)."""
+    ensure_dir(
+        remote,
+        report,
+        "/etc/systemd/system/supervisor.service.d",
+        owner="root",
+        group="root",
+        mode=0o755,
+    )
+    if (
+        ensure_file(remote, report, host_file("config/supervisor-service.conf"))
+        and not report.check
+    ):
+        remote.run("systemctl daemon-reload")
 
 
 def ensure_programs(remote: Remote, report: Report, *, uwsgi_changed: bool, broker_changed: bool):
