@@ -276,8 +276,10 @@ def test_release_with_root_options_in_its_ini_gets_no_root(tree, host, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert page(host).startswith("sample v3 ")
     assert host.run("ls /root/owned /root/owned2", check=False).returncode != 0
-    users = set(host.run("ps -o user= -p $(pgrep -d, -f 'uwsgi-core|celery')").stdout.split())
-    assert users == {SLUG}
+    rows = host.run("ps -eo user=,comm=").stdout.splitlines()
+    app_procs = [row.split() for row in rows if row.split()[1] in ("uwsgi-core", "celery")]
+    assert {comm for _, comm in app_procs} == {"uwsgi-core", "celery"}
+    assert {user for user, _ in app_procs} == {SLUG}
 
 
 def test_the_app_serves_again_after_a_reboot(host):
