@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from e2e_support import BakedTree, bake_tree, snapshot_state
@@ -193,6 +195,11 @@ def test_services_come_back_after_reboot(host):
     host.reboot()
     for service in ("nginx", "supervisor"):
         assert host.run(f"systemctl is-active {service}").stdout.strip() == "active"
+    # supervisord starts uWSGI shortly after boot: give it a few seconds.
+    host.run(
+        f"for i in $(seq 60); do curl -s -H 'Host: {SLUG}.example.com' http://127.0.0.1/"
+        " | grep -q 'No release' && break; sleep 0.5; done"
+    )
     test_nginx_answers_no_release_yet_with_503(host)
     assert host.run(f"stat -c %U /run/{SLUG}/deploy").stdout.strip() == f"{SLUG}-deploy"
 
@@ -209,3 +216,29 @@ def test_two_apps_on_one_host_are_isolated(host, tree, tmp_path):
     denied = host.run(f"{as_shop} ls /srv/blog/shared", check=False)
     assert denied.returncode != 0
     shutil.rmtree(other.path)
+
+
+def test_one_dead_host_does_not_stop_the_others(host, tree):
+    spec = f"root@127.0.0.1:{host.ssh_port},root@127.0.0.1:1"
+    result = tree.invoke("provision", "--host", spec, "--identity", str(host.key_path))
+    assert result.returncode == 1
+    assert re.search(r"\[root@127.0.0.1:1\] FAILED: cannot reach root@127.0.0.1:1", result.stderr)
+    assert re.search(rf"\[root@127.0.0.1:{host.ssh_port}\] done: 0 changed", result.stdout)
+
+
+def test_unknown_or_changed_host_key_is_refused(host, tree, tmp_path):
+    other = tree.copy(tmp_path / "other")
+    (other.path / "known_hosts").unlink()
+    args = ["provision", "--host", f"root@127.0.0.1:{host.ssh_port}", "-i", str(host.key_path)]
+    unknown = other.invoke(*args)
+    assert unknown.returncode == 1 and "unknown host key for [127.0.0.1]:" in unknown.stderr
+    assert not (other.path / "known_hosts").exists()
+    line = Path(host.known_hosts_path).read_text().split()
+    forged = (tmp_path / "forged").with_suffix("")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(forged)], check=True)
+    fake_key = forged.with_suffix(".pub").read_text().split()[:2]
+    (other.path / "known_hosts").write_text(" ".join([line[0], *fake_key]) + "\n")
+    changed = other.invoke(*args)
+    assert changed.returncode == 1 and "CHANGED" in changed.stderr, changed.stderr
+    trusted = other.invoke(*args[:-2], "-i", str(host.key_path), "--trust-new-host-key")
+    assert trusted.returncode == 1, "a changed key is never trusted, even when asked"

@@ -12,12 +12,12 @@ MARK = f"eep app {app.SLUG}"
 
 
 def _group_members(remote: Remote, group: str) -> set[str] | None:
-    line = remote.run(f"getent group {group}", check=False).stdout.strip()
+    line = remote.run(f"getent group {group}", check=False, changes=False).stdout.strip()
     return None if not line else set(filter(None, line.split(":")[3].split(",")))
 
 
 def _passwd(remote: Remote, user: str) -> list[str] | None:
-    line = remote.run(f"getent passwd {user}", check=False).stdout.strip()
+    line = remote.run(f"getent passwd {user}", check=False, changes=False).stdout.strip()
     return line.split(":") if line else None
 
 
@@ -54,7 +54,7 @@ def ensure_user(remote: Remote, report: Report, user: str, *, home: str, shell: 
         wrong.append(f"home {entry[5]}")
     if entry[6] != shell:
         wrong.append(f"shell {entry[6]}")
-    primary = remote.run(f"id -gn {user}").stdout.strip()
+    primary = remote.run(f"id -gn {user}", changes=False).stdout.strip()
     if primary != app.RUNTIME_USER:
         wrong.append(f"primary group {primary}")
     if not wrong:

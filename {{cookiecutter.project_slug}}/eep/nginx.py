@@ -16,7 +16,7 @@ def ensure_site(remote: Remote, report: Report, *, reload: bool = False) -> None
     backup = f"{site.path}.eep-previous"
     # The accepted file is kept (mtime included) to be put back if nginx -t refuses the new one.
     changed = ensure_file(remote, report, site, backup=backup)
-    link = remote.run(f"readlink {ENABLED}", check=False).stdout.strip()
+    link = remote.run(f"readlink {ENABLED}", check=False, changes=False).stdout.strip()
     if link == site.path:
         report.unchanged(f"link {ENABLED}")
     elif report.change(f"link {ENABLED}", "enabled the site"):

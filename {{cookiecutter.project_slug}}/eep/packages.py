@@ -18,7 +18,7 @@ if app.USE_CELERY:
 
 def check_system(remote: Remote, report: Report) -> None:
     """Refuse hosts that are not Debian/Ubuntu or whose Python differs from the answered one."""
-    os_release = remote.run("cat /etc/os-release", check=False).stdout
+    os_release = remote.run("cat /etc/os-release", check=False, changes=False).stdout
     fields = dict(
         line.split("=", 1) for line in os_release.splitlines() if "=" in line and line[0] != "#"
     )
@@ -27,7 +27,9 @@ def check_system(remote: Remote, report: Report) -> None:
     if not ids & {"debian", "ubuntu"}:
         raise HostError(f"the host runs {name}, not Debian or Ubuntu")
     found = remote.run(
-        "python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")'", check=False
+        "python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")'",
+        check=False,
+        changes=False,
     )
     version = found.stdout.strip()
     if found.exited == 0 and version != app.PYTHON_VERSION:
@@ -42,6 +44,7 @@ def missing_packages(remote: Remote) -> list[str]:
     query = remote.run(
         "dpkg-query -W -f='${Package} ${Status}\\n' " + " ".join(PACKAGES) + " 2>/dev/null",
         check=False,
+        changes=False,
     )
     installed = {
         line.split()[0] for line in query.stdout.splitlines() if line.endswith(" installed")
@@ -72,8 +75,12 @@ def ensure_packages(remote: Remote, report: Report) -> None:
 def ensure_services(remote: Remote, report: Report) -> None:
     """nginx and supervisor enabled at boot and running."""
     for service in ("nginx", "supervisor"):
-        enabled = remote.run(f"systemctl is-enabled {service}", check=False).stdout.strip()
-        active = remote.run(f"systemctl is-active {service}", check=False).stdout.strip()
+        enabled = remote.run(
+            f"systemctl is-enabled {service}", check=False, changes=False
+        ).stdout.strip()
+        active = remote.run(
+            f"systemctl is-active {service}", check=False, changes=False
+        ).stdout.strip()
         if enabled == "enabled" and active == "active":
             report.unchanged(f"service {service}", "enabled, running")
         elif report.change(f"service {service}", f"was {enabled or 'absent'}/{active}"):

@@ -5,13 +5,14 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from eep.accounts import ensure_accounts
-from eep.layout import ensure_layout, ensure_run_dirs
+from eep.layout import DIRECTORIES, RUN_DIRECTORIES, ensure_layout, ensure_run_dirs
+from eep.manifest import HOST_FILES
 from eep.nginx import ensure_site
 from eep.packages import check_system, ensure_packages, ensure_services
 from eep.remote import HostError, Remote, Target
 from eep.report import Report, say
 from eep.sudoers import ensure_sudoers
-from eep.supervisor import ensure_programs, ensure_service_settings
+from eep.supervisor import SERVICE_DROP_IN_DIR, ensure_programs, ensure_service_settings
 from eep.uwsgi import ensure_uwsgi_files
 
 
@@ -20,6 +21,10 @@ def provision_host(remote: Remote, report: Report) -> None:
     check_system(remote, report)
     ensure_packages(remote, report)
     ensure_services(remote, report)
+    # One round trip reads every managed path; the steps below answer from it.
+    files = [host_file.path for host_file in HOST_FILES]
+    dirs = [entry[0] for entry in DIRECTORIES] + [entry[0] for entry in RUN_DIRECTORIES]
+    remote.prefetch(files + dirs + [SERVICE_DROP_IN_DIR], files)
     nginx_groups_changed = ensure_accounts(remote, report)
     ensure_layout(remote, report)
     ensure_run_dirs(remote, report)

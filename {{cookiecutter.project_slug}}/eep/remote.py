@@ -7,8 +7,10 @@ path, install a file atomically with its owner and mode.
 
 from __future__ import annotations
 
+import base64
 import getpass
 import io
+import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +113,8 @@ class Remote:
         client.set_missing_host_key_policy(_HostKeyPolicy(trust_new_host_key))
         self._sudo_password = sudo_password
         self._prefix = ""
+        self._stats: dict[str, tuple | None] = {}
+        self._reads: dict[str, bytes | None] = {}
 
     def open(self) -> None:
         """Connect, then find out how to become root (root login, sudo, sudo with password)."""
@@ -151,8 +155,13 @@ class Remote:
             detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
             raise HostError(f"`{command[:80]}` failed: {detail[-1] if detail else result.exited}")
 
-    def run(self, command: str, *, check: bool = True, stdin: bytes = b""):
-        """Run a shell command as root; return the invoke Result (stdout, exited)."""
+    def run(self, command: str, *, check: bool = True, stdin: bytes = b"", changes: bool = True):
+        """Run a shell command as root; return the invoke Result (stdout, exited).
+
+        A command that may change the host (`changes`) drops what prefetch() read.
+        """
+        if changes:
+            self._stats, self._reads = {}, {}
         full = f"{self._prefix}sh -c {shlex.quote(command)}"
         if self._prefix.startswith("sudo -k -S"):
             stdin = self._sudo_password.encode() + b"\n" + stdin
@@ -165,8 +174,41 @@ class Remote:
         """Upload a file over SFTP as the login user (no root involved)."""
         self.conn.put(local, remote)
 
+    def prefetch(self, stat_paths: list[str], read_paths: list[str]) -> None:
+        """Read the state of many paths in ONE round trip; read()/stat() answer from it
+        until the next command that may change the host."""
+        script = (
+            "import base64, grp, json, os, pwd, stat, sys\n"
+            "def st(p):\n"
+            "    try: s = os.lstat(p)\n"
+            "    except OSError: return None\n"
+            "    kinds = [(stat.S_ISDIR, 'directory'), (stat.S_ISREG, 'regular file'),\n"
+            "             (stat.S_ISLNK, 'symbolic link'), (stat.S_ISSOCK, 'socket')]\n"
+            "    kind = next((k for f, k in kinds if f(s.st_mode)), 'other')\n"
+            "    try: user = pwd.getpwuid(s.st_uid)[0]\n"
+            "    except KeyError: user = str(s.st_uid)\n"
+            "    try: group = grp.getgrgid(s.st_gid)[0]\n"
+            "    except KeyError: group = str(s.st_gid)\n"
+            "    return [kind, format(stat.S_IMODE(s.st_mode), '04o'), user, group]\n"
+            "def rd(p):\n"
+            "    try: return base64.b64encode(open(p, 'rb').read()).decode()\n"
+            "    except OSError: return None\n"
+            "want = json.load(sys.stdin)\n"
+            "print(json.dumps([[st(p) for p in want[0]], [rd(p) for p in want[1]]]))\n"
+        )
+        data = json.dumps([stat_paths, read_paths]).encode()
+        out = self.run(f"python3 -c {shlex.quote(script)}", stdin=data, changes=False).stdout
+        stats, contents = json.loads(out)
+        self._stats = {p: tuple(v) if v else None for p, v in zip(stat_paths, stats, strict=True)}
+        self._reads = {
+            p: base64.b64decode(v) if v is not None else None
+            for p, v in zip(read_paths, contents, strict=True)
+        }
+
     def read(self, path: str) -> bytes | None:
         """The content of a file, or None when it does not exist."""
+        if path in self._reads:
+            return self._reads[path]
         result = self.run(
             f"cat {shlex.quote(path)} 2>/dev/null || echo -n MISSING >&2", check=False
         )
@@ -176,7 +218,11 @@ class Remote:
 
     def stat(self, path: str) -> tuple[str, str, str, str] | None:
         """(type, mode in octal, owner, group) of a path without following links, or None."""
-        out = self.run(f"stat -c '%F|%a|%U|%G' {shlex.quote(path)} 2>/dev/null", check=False)
+        if path in self._stats:
+            return self._stats[path]
+        out = self.run(
+            f"stat -c '%F|%a|%U|%G' {shlex.quote(path)} 2>/dev/null", check=False, changes=False
+        )
         if out.exited != 0:
             return None
         kind, mode, owner, group = out.stdout.strip().split("|")

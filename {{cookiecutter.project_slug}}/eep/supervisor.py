@@ -11,12 +11,13 @@ from eep.remote import HostError, Remote
 from eep.report import Report
 
 CTL = "supervisorctl -c /etc/supervisor/supervisord.conf"
+SERVICE_DROP_IN_DIR = "/etc/systemd/system/supervisor.service.d"
 PROGRAMS = [app.SLUG] + ([f"{app.SLUG}-redis"] if app.USE_CELERY else [])
 
 
 def program_states(remote: Remote) -> dict[str, str]:
     """{'shop:shop': 'RUNNING', 'shop-redis': 'RUNNING'} for this app's processes."""
-    out = remote.run(f"{CTL} status {' '.join(PROGRAMS)}", check=False).stdout
+    out = remote.run(f"{CTL} status {' '.join(PROGRAMS)}", check=False, changes=False).stdout
     states = {}
     for line in out.splitlines():
         parts = line.split()
@@ -37,14 +38,7 @@ def wait_running(remote: Remote, timeout: float = 20) -> dict[str, str]:
 
 def ensure_service_settings(remote: Remote, report: Report) -> None:
     """systemd brings a dead supervisord back in seconds, without orphans (a drop-in)."""
-    ensure_dir(
-        remote,
-        report,
-        "/etc/systemd/system/supervisor.service.d",
-        owner="root",
-        group="root",
-        mode=0o755,
-    )
+    ensure_dir(remote, report, SERVICE_DROP_IN_DIR, owner="root", group="root", mode=0o755)
     if (
         ensure_file(remote, report, host_file("config/supervisor-service.conf"))
         and not report.check
