@@ -269,6 +269,8 @@ def test_release_with_root_options_in_its_ini_gets_no_root(tree, host, tmp_path)
     hostile = (tree.path / "uwsgi.ini").read_bytes() + (
         b"\nexec-as-root = touch /root/owned\nhook-as-root = exec:touch /root/owned2\n"
         b"uid = root\ngid = root\n"
+        # A process the developer adds: runs as the app user, restarted when it dies.
+        b"attach-daemon2 = cmd=exec /bin/sleep 100001\n"
     )
     result = deploy(
         tree, host, "deploy", "--release", str(build("v3", tmp_path, **{"uwsgi.ini": hostile}))
@@ -280,6 +282,28 @@ def test_release_with_root_options_in_its_ini_gets_no_root(tree, host, tmp_path)
     app_procs = [row.split() for row in rows if row.split()[1] in ("uwsgi-core", "celery")]
     assert {comm for _, comm in app_procs} == {"uwsgi-core", "celery"}
     assert {user for user, _ in app_procs} == {SLUG}
+    added = host.run("pgrep -u shop -fx '/bin/sleep 100001'").stdout.split()
+    assert len(added) == 1
+    host.run(f"kill -9 {added[0]}")
+    wait_for(
+        lambda: (
+            host.run("pgrep -u shop -fx '/bin/sleep 100001'", check=False).stdout.split()
+            not in ([], added)
+        )
+    )
+
+
+def test_staged_release_activates_later_and_rollback_to_a_named_release(tree, host, tmp_path):
+    current = re.search(r"^\* (\S+)", deploy(tree, host, "releases").stdout, re.M).group(1)
+    staged = deploy(tree, host, "deploy", "--release", str(build("v4", tmp_path)), "--stage")
+    assert staged.returncode == 0, staged.stderr
+    release_id = re.search(r"staged (\S+-v4)", staged.stdout).group(1)
+    assert page(host).startswith("sample v3 ")
+    assert deploy(tree, host, "activate", release_id).returncode == 0
+    assert page(host).startswith("sample v4 ")
+    back = deploy(tree, host, "rollback", "--to", current)
+    assert back.returncode == 0, back.stderr
+    assert page(host).startswith("sample v3 ")
 
 
 def test_the_app_serves_again_after_a_reboot(host):

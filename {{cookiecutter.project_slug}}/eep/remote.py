@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import getpass
-import io
 import json
 import shlex
 from dataclasses import dataclass
@@ -17,9 +16,17 @@ from pathlib import Path
 
 import paramiko
 from fabric import Connection
-from invoke.exceptions import UnexpectedExit
 
 from eep.manifest import TREE
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a remote command printed, and its exit status."""
+
+    stdout: str
+    stderr: str
+    exited: int
 
 
 class HostError(Exception):
@@ -145,15 +152,24 @@ class Remote:
     def close(self) -> None:
         self.conn.close()
 
-    def _raw(self, command: str, *, check: bool = True, stdin: bytes = b""):
+    def _raw(self, command: str, *, check: bool = True, stdin: bytes = b"") -> Result:
+        # One SSH channel per command, fed straight through paramiko: invoke's stdin
+        # pump sends a byte every 10 ms, far too slow for uploading config files.
+        channel = self.conn.client.get_transport().open_session()
         try:
-            return self.conn.run(
-                command, hide=True, warn=not check, in_stream=io.BytesIO(stdin), pty=False
-            )
-        except UnexpectedExit as error:
-            result = error.result
+            channel.exec_command(command)
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            out = channel.makefile("rb").read().decode(errors="replace")
+            err = channel.makefile_stderr("rb").read().decode(errors="replace")
+            result = Result(out, err, channel.recv_exit_status())
+        finally:
+            channel.close()
+        if check and result.exited != 0:
             detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
             raise HostError(f"`{command[:80]}` failed: {detail[-1] if detail else result.exited}")
+        return result
 
     def run(self, command: str, *, check: bool = True, stdin: bytes = b"", changes: bool = True):
         """Run a shell command as root; return the invoke Result (stdout, exited).
@@ -178,18 +194,20 @@ class Remote:
         """Read the state of many paths in ONE round trip; read()/stat() answer from it
         until the next command that may change the host."""
         script = (
-            "import base64, grp, json, os, pwd, stat, sys\n"
+            "import base64, functools, grp, json, os, pwd, stat, sys\n"
+            # Name lookups are cached: each can cost a slow NSS round trip.
+            "@functools.cache\n"
+            "def name(db, i):\n"
+            "    try: return (pwd.getpwuid if db == 'u' else grp.getgrgid)(i)[0]\n"
+            "    except KeyError: return str(i)\n"
             "def st(p):\n"
             "    try: s = os.lstat(p)\n"
             "    except OSError: return None\n"
             "    kinds = [(stat.S_ISDIR, 'directory'), (stat.S_ISREG, 'regular file'),\n"
             "             (stat.S_ISLNK, 'symbolic link'), (stat.S_ISSOCK, 'socket')]\n"
             "    kind = next((k for f, k in kinds if f(s.st_mode)), 'other')\n"
-            "    try: user = pwd.getpwuid(s.st_uid)[0]\n"
-            "    except KeyError: user = str(s.st_uid)\n"
-            "    try: group = grp.getgrgid(s.st_gid)[0]\n"
-            "    except KeyError: group = str(s.st_gid)\n"
-            "    return [kind, format(stat.S_IMODE(s.st_mode), '04o'), user, group]\n"
+            "    mode = format(stat.S_IMODE(s.st_mode), '04o')\n"
+            "    return [kind, mode, name('u', s.st_uid), name('g', s.st_gid)]\n"
             "def rd(p):\n"
             "    try: return base64.b64encode(open(p, 'rb').read()).decode()\n"
             "    except OSError: return None\n"
