@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e")]
 
 from e2e_support import bake_tree, load_test  # noqa: E402
 
+from sample_app.build_release import build  # noqa: E402
 from testhosts import create_host, ensure_ready  # noqa: E402
 
 HOST_HEADER = "bench.example.com"
@@ -48,15 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tree = bake_tree(Path(tmp), "bench", uwsgi_processes="4")
         dist = Path(tmp) / "dist"
-        tarballs = {
-            v: subprocess.run(
-                [sys.executable, str(REPO / "sample_app" / "build_release.py"), v, str(dist)],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-            for v in ("v1", "v2")
-        }
+        tarballs = {v: str(build(v, dist)) for v in ("v1", "v2")}
         host = create_host("bench-dep")
         try:
             assert tree.provision(host).returncode == 0, "provision failed"

@@ -13,7 +13,6 @@ whether a 20 s task running during the deploy was lost. Prints figures only.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e")]
 
 from e2e_support import load_test  # noqa: E402
 
+from sample_app.build_release import build  # noqa: E402
 from testhosts import create_host, ensure_ready  # noqa: E402
 
 SETUP = r"""
@@ -91,17 +91,7 @@ def release(host, version: str, tarball: Path) -> None:
 def main() -> None:
     ensure_ready()
     dist = Path("/tmp/eep-seed-dist")
-    tarballs = {
-        v: Path(
-            subprocess.run(
-                [sys.executable, str(REPO / "sample_app" / "build_release.py"), v, str(dist)],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-        )
-        for v in ("v1", "v2")
-    }
+    tarballs = {v: build(v, dist) for v in ("v1", "v2")}
     host = create_host("bench-seed")
     try:
         host.run(SETUP, timeout=600)
