@@ -10,11 +10,6 @@ def _hosts(c, given: str, setting: str) -> list[str]:
     return hosts
 
 
-def _not_built(name: str) -> None:
-    # Never a silent no-op: a task that does not exist yet says so and fails.
-    raise Exit(f"error: `invoke {name}` is not implemented yet in this version of eep", code=2)
-
-
 @task(
     help={
         "host": "root@HOST[:PORT] or ADMIN@HOST (sudo); several separated by commas",
@@ -98,28 +93,42 @@ def releases(c, host="", identity=""):
     _on_hosts(c, host, lambda spec: run(spec, identity=identity))
 
 
-@task
-def status(c):
-    """Show every process of the app, the current release and nginx's answer."""
-    _not_built("status")
+@task(help=DEPLOY_HELP)
+def status(c, host="", identity=""):
+    """Show every process of the app, the current release and nginx's answer; exit 1 if down."""
+    from eep.control import status as run
+
+    down = []
+    _on_hosts(c, host, lambda spec: run(spec, identity=identity) or down.append(spec))
+    if down:
+        raise Exit(f"error: down on {', '.join(down)}", code=1)
 
 
-@task
-def restart(c):
+@task(help={"full": "re-read uwsgi.ini too (graceful full reload)", **DEPLOY_HELP})
+def restart(c, host="", identity="", full=False):
     """Reload the app gracefully (running tasks finish, no request fails)."""
-    _not_built("restart")
+    from eep.control import restart as run
+
+    _on_hosts(c, host, lambda spec: run(spec, identity=identity, full=full))
 
 
 @task(
     help={
         "follow": "keep printing new lines",
-        "process": "only this process (uwsgi, celery, nginx)",
+        "process": "uwsgi (default), celery or redis",
         "lines": "how many lines",
+        **DEPLOY_HELP,
     }
 )
-def logs(c, follow=False, process="", lines=50):
-    """Show the app's logs: uWSGI, Celery and nginx of this app only."""
-    _not_built("logs")
+def logs(c, host="", identity="", follow=False, process="", lines=50):
+    """Show the app's logs: uWSGI with its attached processes, or the broker."""
+    from eep.control import logs as run
+
+    _on_hosts(
+        c,
+        host,
+        lambda spec: run(spec, identity=identity, process=process, lines=lines, follow=follow),
+    )
 
 
 ns = Collection(provision, deploy, activate, rollback, releases, status, restart, logs)

@@ -117,6 +117,28 @@ def test_redeploying_the_same_tarball_reuses_the_virtualenv(tree, host, dist):
     assert page(host).startswith("sample v1 ")
 
 
+def test_status_restart_logs_and_stop_as_the_deploy_account(tree, host):
+    status = deploy(tree, host, "status")
+    assert status.returncode == 0, status.stderr
+    assert re.search(rf"^program\s+{SLUG}\s+RUNNING$", status.stdout, re.M), status.stdout
+    assert status.stdout.count("uwsgi master") == 1 and status.stdout.count("uwsgi worker") == 4
+    assert re.search(r"attached .*celery", status.stdout), status.stdout
+    assert "-> 200" in status.stdout and status.stdout.rstrip().endswith("status: up")
+    with load_test(host, f"{SLUG}.example.com", seconds=6, concurrency=4) as load:
+        time.sleep(1)
+        restarted = deploy(tree, host, "restart")
+    assert restarted.returncode == 0, restarted.stderr
+    assert load.stats["failed"] == 0, load.stats
+    logs = deploy(tree, host, "logs", "--lines", "200")
+    assert logs.returncode == 0 and "chain reloading complete" in logs.stdout
+    ctl = "sudo -n /usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
+    host.run(f"runuser -u {SLUG}-deploy -- {ctl} stop {SLUG}")
+    down = deploy(tree, host, "status")
+    assert down.returncode == 1 and "status: DOWN" in down.stdout
+    host.run(f"runuser -u {SLUG}-deploy -- {ctl} start {SLUG}")
+    assert page(host).startswith("sample v1 ")
+
+
 def test_deploy_under_load_drops_no_request_and_lets_the_running_task_finish(tree, host, dist):
     assert page(host, "/task?seconds=30&id=long").startswith("queued long by v1")
     time.sleep(2)  # the worker has picked it up

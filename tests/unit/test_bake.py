@@ -72,17 +72,20 @@ def test_answers_recorded_without_private_values(bake, answers):
     assert not [key for key in recorded if key.startswith("_")]
 
 
-def test_unimplemented_tasks_fail_loudly(bake):
+def test_tasks_are_listed_and_refuse_to_run_without_a_host(bake):
     tree = bake().project_path
     proc = subprocess.run(
         [sys.executable, "-m", "invoke", "status"], cwd=tree, capture_output=True, text=True
     )
-    assert proc.returncode != 0
-    assert "not implemented yet" in proc.stderr
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "error: no host: pass --host or set eep.deploy_hosts in invoke.yaml"
+    )
     listing = subprocess.run(
         [sys.executable, "-m", "invoke", "--list"], cwd=tree, capture_output=True, text=True
     )
-    for name in ("provision", "deploy", "rollback", "releases", "status", "restart", "logs"):
+    tasks = ("provision", "deploy", "activate", "rollback", "releases", "status", "restart", "logs")
+    for name in tasks:
         assert re.search(rf"^\s+{name}\s+\S", listing.stdout, re.M), listing.stdout
 
 

@@ -74,12 +74,12 @@ class Session:
             raise HostError(lines[-1].removeprefix("error: "))
         return json.loads(result.stdout)
 
-    def http_status(self) -> int:
-        """Status nginx gives for the app's first domain, asked from the host itself."""
+    def http_status(self, path: str = "/") -> int:
+        """Status nginx gives for `path` on the app's first domain, asked from the host itself."""
         host = app.DOMAINS[0].replace("*.", "www.")
         code = (
             "import urllib.request as u, urllib.error as e\n"
-            f"r = u.Request('http://127.0.0.1/', headers=dict(Host={host!r}))\n"
+            f"r = u.Request('http://127.0.0.1' + {path!r}, headers=dict(Host={host!r}))\n"
             "try: print(u.urlopen(r, timeout=10).status)\n"
             "except e.HTTPError as x: print(x.code)\n"
             "except OSError: print(0)"
