@@ -172,7 +172,7 @@ class Remote:
         return result
 
     def run(self, command: str, *, check: bool = True, stdin: bytes = b"", changes: bool = True):
-        """Run a shell command as root; return the invoke Result (stdout, exited).
+        """Run a shell command as root (or as the login user); return its Result.
 
         A command that may change the host (`changes`) drops what prefetch() read.
         """
@@ -228,7 +228,9 @@ class Remote:
         if path in self._reads:
             return self._reads[path]
         result = self.run(
-            f"cat {shlex.quote(path)} 2>/dev/null || echo -n MISSING >&2", check=False
+            f"cat {shlex.quote(path)} 2>/dev/null || echo -n MISSING >&2",
+            check=False,
+            changes=False,
         )
         if result.stderr == "MISSING":
             return None
