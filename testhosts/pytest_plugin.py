@@ -89,22 +89,22 @@ def testhosts_ready() -> None:
     cleanup_leftovers()
 
 
-@pytest.fixture
-def testhost_factory(testhosts_ready: None) -> Iterator[HostFactory]:
+def _factory() -> Iterator[_Factory]:
     factory = _Factory()
     try:
         yield factory
     finally:
         factory.destroy_all()
+
+
+@pytest.fixture
+def testhost_factory(testhosts_ready: None) -> Iterator[HostFactory]:
+    yield from _factory()
 
 
 @pytest.fixture(scope="module")
 def testhost_factory_module(testhosts_ready: None) -> Iterator[HostFactory]:
-    factory = _Factory()
-    try:
-        yield factory
-    finally:
-        factory.destroy_all()
+    yield from _factory()
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,10 @@ import shlex
 import time
 
 from eep import app
-from eep.deploy import CTL, UWSGI_LOG, Session, _log_size, _wait_for_log
+from eep.deploy import CTL, UWSGI_LOG, Session, log_size, wait_reloaded
 from eep.remote import HostError
 from eep.report import say
+from eep.supervisor import PROGRAMS
 
 LOGS = {"uwsgi": UWSGI_LOG, "celery": UWSGI_LOG, "redis": f"{app.LOG_DIR}/redis.log"}
 
@@ -50,9 +51,8 @@ def _processes(session: Session) -> list[tuple[str, str, str, str, str]]:
 def status(spec: str, *, identity: str = "") -> bool:
     """Print one table of the app's state; return False when something is down."""
     with Session(spec, identity) as session:
-        programs = [app.SLUG] + ([f"{app.SLUG}-redis"] if app.USE_CELERY else [])
         states = {}
-        for program in programs:
+        for program in PROGRAMS:
             out = session.remote.run(f"{CTL} status {program}", check=False).stdout.split()
             states[program] = out[1] if len(out) > 1 else "UNKNOWN"
         current = next((r for r in session.agent("list")["releases"] if r["current"]), None)
@@ -75,15 +75,14 @@ def status(spec: str, *, identity: str = "") -> bool:
 def restart(spec: str, *, identity: str = "", full: bool = False) -> None:
     """Graceful reload: workers one at a time, Celery finishes its task first."""
     with Session(spec, identity) as session:
-        offset = _log_size(session)
+        offset = log_size(session)
         if full:
             session.remote.run(f"{CTL} signal HUP {app.SLUG}")
         else:
             session.remote.run(f"touch {app.DEPLOY_TRIGGER}")
-        done = "WSGI app 0" if full else "chain reloading complete"
-        with session.step("reload", "full" if full else "chain"):
-            if not _wait_for_log(session, offset, done, timeout=180):
-                raise HostError(f"uWSGI did not finish reloading; see {UWSGI_LOG}")
+        kind = "full" if full else "chain"
+        with session.step("reload", kind):
+            wait_reloaded(session, kind, offset)
 
 
 def logs(spec: str, *, identity: str = "", process: str = "", lines: int = 50, follow=False):

@@ -66,6 +66,15 @@ class Session:
         self.timings[name] = time.monotonic() - started
         self.say(name, f"{self.timings[name]:.1f} s" + (f"  {detail}" if detail else ""))
 
+    @contextmanager
+    def locked(self):
+        """Hold the host's deploy lock for the `with` body (refused if someone holds it)."""
+        self.agent("lock", _lock_holder())
+        try:
+            yield
+        finally:
+            self.agent("unlock")
+
     def agent(self, *args: str) -> dict:
         command = f"python3 {AGENT_DIR}/releases.py --root {app.APP_ROOT} " + shlex.join(args)
         result = self.remote.run(command, check=False)
@@ -91,7 +100,7 @@ def _lock_holder() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
-def _log_size(session: Session) -> int:
+def log_size(session: Session) -> int:
     found = session.remote.run(f"stat -c %s {UWSGI_LOG}", check=False).stdout.strip()
     return int(found or 0)
 
@@ -101,7 +110,7 @@ def _wait_for_log(session: Session, offset: int, text: str, timeout: float) -> b
     deadline = time.monotonic() + timeout
     command = f"tail -c +{offset + 1} {UWSGI_LOG} | grep -c {shlex.quote(text)}"
     while time.monotonic() < deadline:
-        if _log_size(session) < offset:  # the log was rotated meanwhile
+        if log_size(session) < offset:  # the log was rotated meanwhile
             command = f"grep -c {shlex.quote(text)} {UWSGI_LOG}"
         if session.remote.run(command, check=False).stdout.strip() not in ("", "0"):
             return True
@@ -109,8 +118,16 @@ def _wait_for_log(session: Session, offset: int, text: str, timeout: float) -> b
     return False
 
 
+def wait_reloaded(session: Session, kind: str, offset: int) -> None:
+    """Wait until uWSGI logs, after byte `offset`, the end of a "chain" or "full" reload."""
+    # Chain reload: workers are replaced one at a time (each finishes its requests).
+    done = "chain reloading complete" if kind == "chain" else "WSGI app 0"
+    if not _wait_for_log(session, offset, done, timeout=180):
+        raise HostError(f"uWSGI did not finish reloading; see {UWSGI_LOG}")
+
+
 def _activate(session: Session, release_id: str) -> None:
-    offset = _log_size(session)
+    offset = log_size(session)
     with session.step("activate", release_id):
         result = session.agent("activate", release_id, "--trigger", app.DEPLOY_TRIGGER)
         if result["reload"] == "full":
@@ -118,10 +135,7 @@ def _activate(session: Session, release_id: str) -> None:
             # SIGHUP is a graceful reload; the Celery worker still finishes its task.
             session.remote.run(f"{CTL} signal HUP {app.SLUG}")
     with session.step("reload", result["reload"]):
-        # Chain reload: workers are replaced one at a time (each finishes its requests).
-        done = "chain reloading complete" if result["reload"] == "chain" else "WSGI app 0"
-        if not _wait_for_log(session, offset, done, timeout=180):
-            raise HostError(f"uWSGI did not finish reloading {release_id}; see {UWSGI_LOG}")
+        wait_reloaded(session, result["reload"], offset)
         deadline = time.monotonic() + 60
         while (status := session.http_status()) >= 500 or status == 0:
             if time.monotonic() > deadline:
@@ -176,8 +190,7 @@ def deploy(
         if break_lock:
             session.agent("unlock")
             session.say("lock", "broken on request")
-        session.agent("lock", _lock_holder())
-        try:
+        with session.locked():
             try:
                 _build(session, path, release_id, info.has_uwsgi_ini)
             except HostError as error:
@@ -194,8 +207,6 @@ def deploy(
             removed = session.agent("cleanup", "--keep", str(app.KEEP_RELEASES))["removed"]
             if removed:
                 session.say("cleanup", ", ".join(removed))
-        finally:
-            session.agent("unlock")
         parts = ", ".join(f"{name} {secs:.1f} s" for name, secs in session.timings.items())
         verb = "staged" if stage else "deployed"
         say(
@@ -205,22 +216,15 @@ def deploy(
 
 
 def activate(release_id: str, spec: str, *, identity: str = "") -> None:
-    with Session(spec, identity) as session:
-        session.agent("lock", _lock_holder())
-        try:
-            _activate(session, release_id)
-        finally:
-            session.agent("unlock")
+    with Session(spec, identity) as session, session.locked():
+        _activate(session, release_id)
 
 
 def rollback(spec: str, *, to: str = "", identity: str = "") -> str:
     with Session(spec, identity) as session:
-        session.agent("lock", _lock_holder())
-        try:
+        with session.locked():
             target = session.agent("rollback-target", "--to", to)["target"]
             _activate(session, target)
-        finally:
-            session.agent("unlock")
         say(f"[{session.target}] rolled back to {target}")
     return target
 
