@@ -7,6 +7,7 @@ complaint (a string) when it refuses it.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -37,8 +38,17 @@ def check_sudoers(path: Path) -> str | None:
 def check_nginx_site(path: Path) -> str | None:
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy("/etc/nginx/uwsgi_params", tmp)
+        # The site's log directory exists only on a provisioned host: log into tmp.
+        site = Path(tmp) / "site.conf"
+        text = re.sub(
+            r"^(\s*(?:access|error)_log) /\S+;",
+            rf"\1 {tmp}/site.log;",
+            path.read_text(),
+            flags=re.M,
+        )
+        site.write_text(text)
         main = Path(tmp) / "nginx.conf"
-        main.write_text(NGINX_MAIN.format(tmp=tmp, site=path))
+        main.write_text(NGINX_MAIN.format(tmp=tmp, site=site))
         return _run(["nginx", "-t", "-q", "-p", tmp, "-c", str(main)])
 
 

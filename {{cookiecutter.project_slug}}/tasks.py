@@ -1,5 +1,8 @@
 """Provision and deploy {{ cookiecutter.project_slug }}: `invoke --list` shows the tasks, `invoke --help TASK` their options."""
 
+import shlex
+import sys
+
 from invoke import Collection, Exit, task
 
 
@@ -93,6 +96,30 @@ def releases(c, host="", identity=""):
     _on_hosts(c, host, lambda spec: run(spec, identity=identity))
 
 
+@task(
+    help={
+        "host": "root@HOST (every check) or the deploy account (checks needing root are"
+        " skipped); several separated by commas; defaults to eep.provision_hosts",
+        "identity": "SSH private key file to log in with",
+    }
+)
+def audit(c, host="", identity=""):
+    """Check a live host against the threat model: a PASS/FAIL table, exit 1 on any failure."""
+    from eep.audit import audit as run
+    from eep.remote import HostError
+
+    failed = []
+    for spec in _hosts(c, host, "provision_hosts"):
+        try:
+            ok = run(spec, identity=identity)
+        except HostError as error:
+            raise Exit(f"error: [{spec}] {error}", code=1) from None
+        if not ok:
+            failed.append(spec)
+    if failed:
+        raise Exit(f"error: audit failed on {', '.join(failed)}", code=1)
+
+
 @task(help=DEPLOY_HELP)
 def status(c, host="", identity=""):
     """Show every process of the app, the current release and nginx's answer; exit 1 if down."""
@@ -114,14 +141,82 @@ def restart(c, host="", identity="", full=False):
 
 @task(
     help={
+        "now": "hard stop: kill running Celery tasks instead of waiting for them",
+        "timeout": "seconds to wait for running tasks to finish",
+        **DEPLOY_HELP,
+    }
+)
+def stop(c, host="", identity="", now=False, timeout=600):
+    """Stop the app; running Celery tasks finish first (the broker keeps queued ones)."""
+    from eep.control import stop as run
+
+    _on_hosts(c, host, lambda spec: run(spec, identity=identity, now=now, timeout=timeout))
+
+
+@task(help=DEPLOY_HELP)
+def start(c, host="", identity=""):
+    """Start the app after `invoke stop` and wait until it answers."""
+    from eep.control import start as run
+
+    _on_hosts(c, host, lambda spec: run(spec, identity=identity))
+
+
+def _one_host(c, host: str) -> str:
+    hosts = _hosts(c, host, "deploy_hosts")
+    if len(hosts) != 1:
+        raise Exit("error: several deploy hosts: choose one with --host", code=1)
+    return hosts[0]
+
+
+@task(
+    name="run",
+    help={
+        "command": "the command; or put it after `--`: invoke run -- ./manage.py migrate",
+        **DEPLOY_HELP,
+    },
+)
+def run_command(c, command="", host="", identity=""):
+    """Run one command on the host as the deploy account, in the current release, venv active."""
+    from eep.control import run
+    from eep.remote import HostError
+
+    if not command and "--" in sys.argv:
+        # Everything after `--`, with the quoting the shell gave it.
+        command = shlex.join(sys.argv[sys.argv.index("--") + 1 :])
+    if not command:
+        raise Exit("error: no command: invoke run -- COMMAND [ARGS...]", code=1)
+    try:
+        exited = run(_one_host(c, host), command, identity=identity)
+    except HostError as error:
+        raise Exit(f"error: {error}", code=1) from None
+    if exited:
+        raise Exit(code=exited)
+
+
+@task(help=DEPLOY_HELP)
+def shell(c, host="", identity=""):
+    """An interactive shell on the host as the deploy account, in the current release."""
+    from eep.control import shell as run
+    from eep.remote import HostError
+
+    try:
+        exited = run(_one_host(c, host), identity=identity)
+    except HostError as error:
+        raise Exit(f"error: {error}", code=1) from None
+    if exited:
+        raise Exit(code=exited)
+
+
+@task(
+    help={
         "follow": "keep printing new lines",
-        "process": "uwsgi (default), celery or redis",
+        "process": "uwsgi (default), celery, redis, nginx (access) or nginx-error",
         "lines": "how many lines",
         **DEPLOY_HELP,
     }
 )
 def logs(c, host="", identity="", follow=False, process="", lines=50):
-    """Show the app's logs: uWSGI with its attached processes, or the broker."""
+    """Show the app's logs: uWSGI with its attached processes, the broker, or nginx."""
     from eep.control import logs as run
 
     _on_hosts(
@@ -131,4 +226,18 @@ def logs(c, host="", identity="", follow=False, process="", lines=50):
     )
 
 
-ns = Collection(provision, deploy, activate, rollback, releases, status, restart, logs)
+ns = Collection(
+    provision,
+    audit,
+    deploy,
+    activate,
+    rollback,
+    releases,
+    status,
+    restart,
+    stop,
+    start,
+    logs,
+    run_command,
+    shell,
+)

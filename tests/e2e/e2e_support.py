@@ -31,14 +31,17 @@ class BakedTree:
     slug: str
     deploy_key: Path
 
-    def invoke(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    def invoke(
+        self, *args: str, timeout: float = 600, input: str | None = None
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "invoke", *args],
             cwd=self.path,
             capture_output=True,
             text=True,
             timeout=timeout,
-            stdin=subprocess.DEVNULL,
+            input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
         )
 
     def trust(self, host) -> None:

@@ -131,12 +131,59 @@ def test_status_restart_logs_and_stop_as_the_deploy_account(tree, host):
     assert load.stats["failed"] == 0, load.stats
     logs = deploy(tree, host, "logs", "--lines", "200")
     assert logs.returncode == 0 and "chain reloading complete" in logs.stdout
-    ctl = "sudo -n /usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
-    host.run(f"runuser -u {SLUG}-deploy -- {ctl} stop {SLUG}")
+    nginx = deploy(tree, host, "logs", "--process", "nginx", "--lines", "5")
+    assert nginx.returncode == 0 and '"GET / HTTP/1.1" 200' in nginx.stdout, nginx.stdout
+
+
+def app_processes(host) -> list[str]:
+    return host.run(f"ps -u {SLUG} -o comm=").stdout.split()
+
+
+def test_stop_waits_for_the_running_task_then_start_brings_the_app_back(tree, host):
+    assert page(host, "/task?seconds=8&id=stopwait").startswith("queued stopwait by v1")
+    time.sleep(2)  # the worker has picked it up
+    stopped = deploy(tree, host, "stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    # Returned only once the task had finished; only the broker is left.
+    assert (
+        host.run(f"test -f /srv/{SLUG}/shared/var/tasks/stopwait.json", check=False).returncode == 0
+    )
+    assert app_processes(host) == ["redis-server"]
     down = deploy(tree, host, "status")
     assert down.returncode == 1 and "status: DOWN" in down.stdout
-    host.run(f"runuser -u {SLUG}-deploy -- {ctl} start {SLUG}")
+    started = deploy(tree, host, "start")
+    assert started.returncode == 0, started.stdout + started.stderr
     assert page(host).startswith("sample v1 ")
+    assert len(celery_masters(host)) == 1
+
+
+def test_stop_now_kills_the_running_task_at_once(tree, host):
+    assert page(host, "/task?seconds=300&id=killed").startswith("queued killed by v1")
+    time.sleep(2)
+    stopped = deploy(tree, host, "stop", "--now")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "killed (--now)" in stopped.stdout
+    assert app_processes(host) == ["redis-server"]
+    assert host.run(f"test -f /srv/{SLUG}/shared/var/tasks/killed.json", check=False).returncode
+    assert deploy(tree, host, "start").returncode == 0
+    assert page(host).startswith("sample v1 ")
+
+
+def test_run_and_shell_work_in_the_current_release_as_the_deploy_account(tree, host):
+    code = "import flask, getpass, os; print(getpass.getuser(), os.getcwd(), flask.__name__)"
+    ran = deploy(tree, host, "run", "--", "python", "-c", code)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    user, cwd, module = ran.stdout.split()
+    assert (user, module) == (f"{SLUG}-deploy", "flask")
+    assert cwd == host.run(f"readlink -f /srv/{SLUG}/current").stdout.strip()
+    assert deploy(tree, host, "run", "--", "sh", "-c", "exit 3").returncode == 3
+    shell = deploy(tree, host, "shell", input="pwd; command -v python; id -un; exit\n")
+    assert shell.returncode == 0, shell.stdout + shell.stderr
+    assert shell.stdout.split()[:3] == [
+        f"/srv/{SLUG}/current",
+        f"/srv/{SLUG}/current/.venv/bin/python",
+        f"{SLUG}-deploy",
+    ]
 
 
 def test_deploy_under_load_drops_no_request_and_lets_the_running_task_finish(tree, host, dist):

@@ -68,8 +68,15 @@ def test_sudoers_allows_only_literal_supervisorctl_verbs_for_this_app(bake):
         f"{ctl} restart shop",
         f"{ctl} signal HUP shop",
         f"{ctl} status shop-redis",
+        "/etc/eep/shop/stop-app warm",
+        "/etc/eep/shop/stop-app now",
     ]
     assert all(line.startswith(("#", "shop-deploy ", "    ")) for line in text.splitlines())
+    # The one rule that is not a supervisorctl verb runs as the app user, never as root.
+    assert re.search(
+        r"^shop-deploy ALL = \(shop\) NOPASSWD: /etc/eep/shop/stop-app warm", text, re.M
+    )
+    assert text.count("(root)") == 2
     assert not re.search(r"[*?\[\]]", text.replace("#", "\n#").split("\n#")[0])
 
 

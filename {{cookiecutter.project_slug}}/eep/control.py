@@ -1,4 +1,5 @@
-"""`invoke status`, `restart`, `logs`: day-to-day control as the deploy account, never root.
+"""`invoke status`, `restart`, `stop`, `start`, `logs`, `run`, `shell`: day-to-day control
+as the deploy account, never root.
 
 Everything goes through the literal sudo rules in config/sudoers or through files
 the deploy account may read; nothing here needs a password.
@@ -7,15 +8,24 @@ the deploy account may read; nothing here needs a password.
 from __future__ import annotations
 
 import shlex
+import shutil
+import subprocess
 import time
 
 from eep import app
 from eep.deploy import CTL, UWSGI_LOG, Session, log_size, wait_reloaded
-from eep.remote import HostError
+from eep.remote import HostError, Remote, Target, known_hosts_path
 from eep.report import say
 from eep.supervisor import PROGRAMS
 
-LOGS = {"uwsgi": UWSGI_LOG, "celery": UWSGI_LOG, "redis": f"{app.LOG_DIR}/redis.log"}
+LOGS = {
+    "uwsgi": UWSGI_LOG,
+    "celery": UWSGI_LOG,
+    "redis": f"{app.LOG_DIR}/redis.log",
+    "nginx": f"{app.LOG_DIR}/nginx-access.log",
+    "nginx-error": f"{app.LOG_DIR}/nginx-error.log",
+}
+STOP_APP = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/stop-app"
 
 
 def _short(command: str) -> str:
@@ -85,8 +95,96 @@ def restart(spec: str, *, identity: str = "", full: bool = False) -> None:
             wait_reloaded(session, kind, offset)
 
 
+def _leftovers(session: Session) -> list[str]:
+    """Processes of the app user still running after uWSGI stopped (the broker excepted)."""
+    rows = session.remote.run(f"ps -u {app.RUNTIME_USER} -o pid=,comm=", check=False).stdout
+    return [row.split()[0] for row in rows.splitlines() if row.split()[1:] != ["redis-server"]]
+
+
+def stop(spec: str, *, identity: str = "", now: bool = False, timeout: float = 600) -> None:
+    """Stop the web app; wait until Celery has finished its running tasks (or kill them: now)."""
+    with Session(spec, identity) as session, session.locked():
+        with session.step("stop", f"supervisorctl stop {app.SLUG}"):
+            # uWSGI quits at once: nginx gets no answer from the app from now on.
+            session.remote.run(f"{CTL} stop {app.SLUG}")
+        if now:
+            with session.step("kill", "running tasks and attached processes killed (--now)"):
+                session.remote.run(f"{STOP_APP} now")
+        else:
+            # Celery outlives uWSGI (it is tracked by a pidfile): one TERM, a warm shutdown.
+            session.remote.run(f"{STOP_APP} warm")
+        with session.step(
+            "tasks", "every process of the app has exited; the broker keeps its queue"
+        ):
+            deadline = time.monotonic() + timeout
+            while left := _leftovers(session):
+                if time.monotonic() > deadline:
+                    raise HostError(
+                        f"still running after {timeout:.0f} s: pids {' '.join(left)};"
+                        " `invoke stop --now` kills them"
+                    )
+                time.sleep(1)
+    say(f"[{session.target}] stopped {app.SLUG}; `invoke start` brings it back")
+
+
+def start(spec: str, *, identity: str = "") -> None:
+    """Start the web app (and its attached processes) and wait until nginx gets answers."""
+    with Session(spec, identity) as session, session.locked():
+        offset = log_size(session)
+        with session.step("start", f"supervisorctl start {app.SLUG}"):
+            result = session.remote.run(f"{CTL} start {app.SLUG}", check=False)
+            if result.exited != 0 and "already started" not in result.stdout:
+                raise HostError(f"supervisor could not start {app.SLUG}; see {UWSGI_LOG}")
+        with session.step("ready"):
+            if "already started" not in result.stdout:
+                wait_reloaded(session, "full", offset)
+            answer = session.http_status("/health")
+            if not 0 < answer < 500:
+                raise HostError(f"{app.SLUG} started but nginx answers {answer}; see {UWSGI_LOG}")
+    say(f"[{session.target}] started {app.SLUG}: nginx answers {answer}")
+
+
+def _in_release(command: str) -> str:
+    """`command` in the current release with its virtualenv, as uWSGI would see the app."""
+    return (
+        f"cd {app.CURRENT} && export VIRTUAL_ENV={app.CURRENT}/.venv"
+        f" PATH={app.CURRENT}/.venv/bin:$PATH EEP_SHARED_DIR={app.SHARED_DIR} && {command}"
+    )
+
+
+def run(spec: str, command: str, *, identity: str = "") -> int:
+    """Run one command on the host as the deploy account in the current release; its exit status."""
+    target = Target.parse(spec, default_user=app.DEPLOY_USER)
+    remote = Remote(target, identity=identity, become_root=False)
+    remote.open()
+    try:
+        if remote.stat(app.CURRENT) is None:
+            raise HostError("no release deployed yet")
+        result = remote.conn.run(_in_release(command), warn=True, in_stream=False)
+    finally:
+        remote.close()
+    return result.exited
+
+
+def shell_command(spec: str, *, identity: str = "") -> list[str]:
+    """The ssh command line of `invoke shell`: host keys checked against the tree's known_hosts."""
+    target = Target.parse(spec, default_user=app.DEPLOY_USER)
+    if shutil.which("ssh") is None:
+        raise HostError("`invoke shell` needs the OpenSSH client (ssh) on this machine")
+    argv = ["ssh", "-t", "-o", "StrictHostKeyChecking=yes"]
+    argv += ["-o", f"UserKnownHostsFile={known_hosts_path()} ~/.ssh/known_hosts"]
+    argv += ["-p", str(target.port)] if target.port else []
+    argv += ["-i", identity] if identity else []
+    return [*argv, f"{target.user}@{target.host}", _in_release("exec bash -i")]
+
+
+def shell(spec: str, *, identity: str = "") -> int:
+    """An interactive shell on the host as the deploy account, in the current release."""
+    return subprocess.run(shell_command(spec, identity=identity), check=False).returncode
+
+
 def logs(spec: str, *, identity: str = "", process: str = "", lines: int = 50, follow=False):
-    """Print the app's logs (uWSGI and attached processes, or the broker)."""
+    """Print the app's logs: uWSGI and its attached processes, the broker, or nginx's."""
     name = process or "uwsgi"
     if name not in LOGS or (name == "redis" and not app.USE_CELERY):
         raise HostError(f"no log for {name!r}: choose one of {', '.join(LOGS)}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from eep import app
 from eep.files import ensure_file
 from eep.manifest import host_file
@@ -9,9 +11,27 @@ from eep.remote import HostError, Remote
 from eep.report import Report
 
 ENABLED = f"/etc/nginx/sites-enabled/{app.SLUG}"
+LOG_FILES = [f"{app.LOG_DIR}/nginx-access.log", f"{app.LOG_DIR}/nginx-error.log"]
+
+
+def ensure_log_file(remote: Remote, report: Report, path: str) -> None:
+    """An nginx log the deploy account can read: root:<app> 0640, content left alone."""
+    want = ("regular file", "0640", "root", app.RUNTIME_USER)
+    have = remote.stat(path)
+    if have == want:
+        report.unchanged(f"log {path}")
+    elif report.change(f"log {path}", "created" if have is None else f"was {' '.join(have)}"):
+        quoted = shlex.quote(path)
+        remote.run(
+            f"touch {quoted} && chown root:{app.RUNTIME_USER} {quoted} && chmod 640 {quoted}"
+        )
 
 
 def ensure_site(remote: Remote, report: Report, *, reload: bool = False) -> None:
+    ensure_file(remote, report, host_file("config/logrotate.conf"))
+    for log in LOG_FILES:
+        # Made before nginx opens them: nginx itself would create them 0644.
+        ensure_log_file(remote, report, log)
     site = host_file("config/nginx.conf")
     backup = f"{site.path}.eep-previous"
     # The accepted file is kept (mtime included) to be put back if nginx -t refuses the new one.

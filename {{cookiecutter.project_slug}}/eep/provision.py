@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from eep.accounts import ensure_accounts
 from eep.layout import DIRECTORIES, RUN_DIRECTORIES, ensure_layout, ensure_run_dirs
 from eep.manifest import HOST_FILES
-from eep.nginx import ensure_site
+from eep.nginx import LOG_FILES, ensure_site
 from eep.packages import check_system, ensure_packages, ensure_services
 from eep.remote import HostError, Remote, Target
 from eep.report import Report, say
@@ -24,7 +24,7 @@ def provision_host(remote: Remote, report: Report) -> None:
     # One round trip reads every managed path; the steps below answer from it.
     files = [host_file.path for host_file in HOST_FILES]
     dirs = [entry[0] for entry in DIRECTORIES] + [entry[0] for entry in RUN_DIRECTORIES]
-    remote.prefetch(files + dirs + [SERVICE_DROP_IN_DIR], files)
+    remote.prefetch(files + dirs + LOG_FILES + [SERVICE_DROP_IN_DIR], files)
     nginx_groups_changed = ensure_accounts(remote, report)
     ensure_layout(remote, report)
     ensure_run_dirs(remote, report)

@@ -1,4 +1,5 @@
-"""The deploy account's sudo rules: checked by visudo before they can go live."""
+"""The deploy account's sudo rules (checked by visudo before they can go live) and the
+script one of them names."""
 
 from __future__ import annotations
 
@@ -18,4 +19,6 @@ def ensure_sudoers(remote: Remote, report: Report) -> None:
             detail = (result.stderr or result.stdout).strip().splitlines()
             raise HostError(f"visudo refused config/sudoers: {detail[0] if detail else '?'}")
 
+    # The script a rule names goes first, so the rule never points at a missing file.
+    ensure_file(remote, report, host_file("config/stop-app.sh"))
     ensure_file(remote, report, host_file("config/sudoers"), validate=visudo)

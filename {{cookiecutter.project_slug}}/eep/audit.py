@@ -1,0 +1,280 @@
+"""`invoke audit`: check a live host against the threat model, one PASS/FAIL line per check.
+
+Run as root (or a sudo admin) every check runs in full; run as the deploy account,
+the parts that need root (reading the sudoers file, `visudo -c`) are left out and
+the line says so. Nothing on the host is changed. The
+drift check compares the host with `manifest.render()`, the same source that
+provisioning installs from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass
+
+import paramiko
+
+from eep import app
+from eep.layout import DIRECTORIES
+from eep.manifest import HOST_FILES, render
+from eep.nginx import ENABLED
+from eep.remote import Remote, Target, known_hosts_path
+from eep.report import say
+
+CTL_RULE = "/usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
+# Every top directory of the app: no permission at all for other accounts.
+TOP_DIRS = [app.APP_ROOT, app.LOG_DIR, app.CONF_DIR, app.RUN_DIR, f"/home/{app.DEPLOY_USER}"]
+UWSGI_BINARY = "/usr/bin/uwsgi-core"
+
+# Runs on the host: every process that belongs to the app (started with one of its
+# config/run paths, running as its user, or descending from those), with all its uids.
+PROCESSES = r"""
+import json, os, sys
+marks, user = json.load(sys.stdin)  # not in argv: this process must not match itself
+procs = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError):
+        continue
+    uids = [int(u) for u in fields["Uid"].split()]
+    gids = [int(g) for g in fields["Gid"].split()]
+    procs[int(pid)] = (int(fields["PPid"]), uids, gids, cmd.strip())
+app = {p for p, (_, uids, _, cmd) in procs.items() if user in uids or any(m in cmd for m in marks)}
+grown = True
+while grown:
+    more = {p for p, (ppid, *_) in procs.items() if ppid in app} - app
+    app |= more
+    grown = bool(more)
+print(json.dumps([[p, *procs[p][1:]] for p in sorted(app)]))
+"""
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # PASS or FAIL
+    detail: str = ""
+
+
+class Audit:
+    """The checks of one host; each appends one Check."""
+
+    def __init__(self, remote: Remote, as_root: bool) -> None:
+        self.remote = remote
+        self.as_root = as_root
+        self.checks: list[Check] = []
+
+    def record(self, name: str, problems: list[str], passed: str = "") -> None:
+        if problems:
+            self.checks.append(Check(name, "FAIL", "; ".join(problems)))
+        else:
+            self.checks.append(Check(name, "PASS", passed))
+
+    def sh(self, command: str) -> str:
+        return self.remote.run(command, check=False, changes=False).stdout
+
+    def id_of(self, user: str) -> int:
+        return int(self.sh(f"id -u {user}").strip() or -1)
+
+    # -- the checks ---------------------------------------------------------------------
+
+    def processes(self) -> None:
+        uid, gid = self.id_of(app.RUNTIME_USER), int(self.sh(f"id -g {app.RUNTIME_USER}") or -1)
+        marks = [app.CONF_DIR + "/", app.RUN_DIR + "/", app.APP_ROOT + "/"]
+        out = self.remote.run(
+            f"python3 -c {shlex.quote(PROCESSES)}",
+            stdin=json.dumps([marks, uid]).encode(),
+            check=False,
+            changes=False,
+        ).stdout
+        found = json.loads(out or "[]")
+        wrong = [
+            f"pid {pid} uids {','.join(map(str, uids))}: {' '.join(cmd.split())[:60]}"
+            for pid, uids, gids, cmd in found
+            if set(uids) != {uid} or set(gids) != {gid}
+        ]
+        if not found:
+            wrong = ["no process of the app is running"]
+        self.record(f"every process runs as {app.RUNTIME_USER}", wrong, f"{len(found)} processes")
+
+    def socket(self) -> None:
+        problems = []
+        want = {
+            app.SOCKET: ("socket", "0660", "www-data", app.RUNTIME_USER),
+            app.RUN_DIR: ("directory", "0750", "root", app.RUNTIME_USER),
+        }
+        for path, expected in want.items():
+            have = self.remote.stat(path)
+            if have != expected:
+                problems.append(f"{path} is {' '.join(have) if have else 'missing'}")
+        # Group members reach the socket: only nginx may be one, besides the app's accounts.
+        members = self.sh(f"getent group {app.RUNTIME_USER}").strip().split(":")[-1]
+        extra = sorted(set(filter(None, members.split(","))) - {"www-data"})
+        if extra:
+            problems.append(f"group {app.RUNTIME_USER} also has {', '.join(extra)}")
+        self.record("socket www-data:app 0660, reachable by nginx only", problems)
+
+    def _writable_by(self, user: str, paths: list[str], depth: str = "") -> list[str]:
+        """Paths (recursively) that `user` could write through owner, group or other bits."""
+        group = self.sh(f"id -gn {user}").strip()
+        quoted = " ".join(shlex.quote(p) for p in paths)
+        found = self.sh(
+            f"find {quoted} {depth} ! -type l \\( -user {user} -o -group {group} -perm -g=w"
+            " -o -perm -o=w \\) -print 2>/dev/null | head -5"
+        )
+        return found.split()
+
+    def read_only_code(self) -> None:
+        current = self.sh(f"readlink -f {app.CURRENT}").strip()
+        if not current or current == app.CURRENT:
+            self.record("the app cannot change its code or config", ["no current release"])
+            return
+        venv = self.sh(f"readlink -f {app.CURRENT}/.venv").strip()
+        # Every release and venv (a rollback runs them), the app root itself (`current`).
+        code = [current, venv, app.RELEASES_DIR, f"{app.APP_ROOT}/venvs"]
+        configs = [app.CONF_DIR, UWSGI_BINARY, *(f.path for f in HOST_FILES)]
+        runtime = self._writable_by(app.RUNTIME_USER, code + configs)
+        runtime += self._writable_by(app.RUNTIME_USER, [app.APP_ROOT], "-maxdepth 0")
+        problems = [f"{app.RUNTIME_USER} can write {path}" for path in runtime]
+        problems += [
+            f"{app.DEPLOY_USER} can write {path}"
+            for path in self._writable_by(app.DEPLOY_USER, configs)
+        ]
+        self.record("the app cannot change its code, venv, uwsgi.ini or config", problems)
+
+    def modes(self) -> None:
+        problems = []
+        for path, owner, group, mode in DIRECTORIES:
+            have = self.remote.stat(path)
+            if have != ("directory", f"{mode:04o}", owner, group):
+                problems.append(f"{path} is {' '.join(have) if have else 'missing'}")
+        for path in TOP_DIRS:
+            have = self.remote.stat(path)
+            if have and int(have[1], 8) & 0o007:
+                problems.append(f"{path} is open to others ({have[1]})")
+        opened = self.sh(
+            f"find {app.APP_ROOT} ! -type l -perm /o=w -print 2>/dev/null | head -3"
+        ).split()
+        problems += [f"{p} is writable by others" for p in opened]
+        self.record("directories as provisioned, nothing for others", problems)
+
+    def no_setuid(self) -> None:
+        found = self.sh(
+            f"find {app.RELEASES_DIR} {app.APP_ROOT}/venvs ! -type l -perm /6000 -print"
+            " 2>/dev/null | head -5"
+        ).split()
+        self.record("no setuid/setgid file in releases or venvs", [f"{p}" for p in found])
+
+    def sudoers(self) -> None:
+        name = f"sudo rules of {app.DEPLOY_USER}: literal, this app only"
+        path = next(f.path for f in HOST_FILES if f.source == "config/sudoers")
+        problems = []
+        have = self.remote.stat(path)
+        if have != ("regular file", "0440", "root", "root"):
+            problems.append(f"{path} is {' '.join(have) if have else 'missing'}")
+        if self.as_root:
+            check = self.remote.run("visudo -c", check=False, changes=False)
+            if check.exited != 0:
+                lines = (check.stderr or check.stdout).strip().splitlines()
+                problems.append(f"visudo -c fails: {lines[-1] if lines else '?'}")
+            listing = self.sh(f"sudo -l -U {app.DEPLOY_USER}")
+            runtime = self.sh(f"sudo -l -U {app.RUNTIME_USER}")
+            if "not allowed" not in runtime:
+                problems.append(f"{app.RUNTIME_USER} has sudo rules")
+        else:
+            listing = self.sh("sudo -n -l")
+        problems += _unexpected_rules(listing)
+        self.record(name, problems, "" if self.as_root else "visudo -c not run (needs root)")
+
+    def drift(self) -> None:
+        paths = [f.path for f in HOST_FILES]
+        self.remote.prefetch(paths, paths)
+        problems, unread = [], []
+        for host_file in HOST_FILES:
+            have = self.remote.stat(host_file.path)
+            want = ("regular file", f"{host_file.mode:04o}", host_file.owner, host_file.group)
+            content = self.remote.read(host_file.path)
+            if have is None:
+                problems.append(f"{host_file.path} missing")
+            elif content is None:
+                unread.append(host_file.path)
+            elif content.decode(errors="replace") != render(host_file) or have != want:
+                problems.append(f"{host_file.path} differs from {host_file.source}")
+        link = self.sh(f"readlink {ENABLED}").strip()
+        if link != next(f.path for f in HOST_FILES if f.source == "config/nginx.conf"):
+            problems.append(f"{ENABLED} is not the app's site")
+        passed = f"not readable without root: {', '.join(unread)}" if unread else ""
+        self.record("config matches the tree (no drift)", problems, passed)
+
+    def services(self) -> None:
+        problems = []
+        for service in ("nginx", "supervisor"):
+            enabled = self.sh(f"systemctl is-enabled {service}").strip()
+            active = self.sh(f"systemctl is-active {service}").strip()
+            if (enabled, active) != ("enabled", "active"):
+                problems.append(f"{service} is {enabled or '?'}/{active or '?'}")
+        self.record("nginx and supervisor enabled at boot and running", problems)
+
+    def host_key(self) -> None:
+        target = self.remote.target
+        name = target.host if target.port in (None, 22) else f"[{target.host}]:{target.port}"
+        offered = self.remote.conn.client.get_transport().get_remote_server_key()
+        pinned = {}
+        if known_hosts_path().exists():
+            pinned = paramiko.HostKeys(str(known_hosts_path())).lookup(name) or {}
+        ok = pinned.get(offered.get_name()) == offered
+        problem = [] if ok else [f"{name} {offered.fingerprint} is not in the tree's known_hosts"]
+        self.record("host key pinned in the tree", problem, offered.fingerprint)
+
+    def run_all(self) -> list[Check]:
+        self.processes()
+        self.socket()
+        self.read_only_code()
+        self.modes()
+        self.no_setuid()
+        self.sudoers()
+        self.drift()
+        self.services()
+        self.host_key()
+        return self.checks
+
+
+def _unexpected_rules(listing: str) -> list[str]:
+    """Problems in a `sudo -l` listing of the deploy account: any rule but the literal ones."""
+    expected = {f"{CTL_RULE} {verb} {app.SLUG}" for verb in ("status", "start", "stop", "restart")}
+    expected.add(f"{CTL_RULE} signal HUP {app.SLUG}")
+    if app.USE_CELERY:
+        expected.add(f"{CTL_RULE} status {app.SLUG}-redis")
+    expected |= {f"{app.CONF_DIR}/stop-app warm", f"{app.CONF_DIR}/stop-app now"}
+    rules = listing.split("may run the following commands", 1)[-1]
+    rules = re.sub(r",\s*\n\s*", ", ", rules)
+    found = set()
+    for line in rules.splitlines():
+        match = re.match(r"\s*\((\w+)\)\s*(?:\w+:\s*)*(.*)$", line)
+        if match:
+            found |= {f"{command.strip()}" for command in match.group(2).split(", ")}
+    return [f"unexpected sudo rule: {rule}" for rule in sorted(found - expected)]
+
+
+def audit(spec: str, *, identity: str = "") -> bool:
+    """Print the table for one host; return True when every check passed."""
+    target = Target.parse(spec, default_user="root")
+    as_root = target.user != app.DEPLOY_USER
+    remote = Remote(target, identity=identity, become_root=as_root)
+    remote.open()
+    try:
+        checks = Audit(remote, as_root).run_all()
+    finally:
+        remote.close()
+    for check in checks:
+        say(
+            f"[{target}] {check.status:<5} {check.name}"
+            + (f": {check.detail}" if check.detail else "")
+        )
+    failed = sum(check.status == "FAIL" for check in checks)
+    say(f"[{target}] audit: {len(checks) - failed} passed, {failed} failed")
+    return not failed
