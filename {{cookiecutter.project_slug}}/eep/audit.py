@@ -116,7 +116,7 @@ class Audit:
         extra = sorted(set(filter(None, members.split(","))) - {"www-data"})
         if extra:
             problems.append(f"group {app.RUNTIME_USER} also has {', '.join(extra)}")
-        self.record("socket www-data:app 0660, reachable by nginx only", problems)
+        self.record("web socket 0660 www-data, only nginx and the app reach it", problems)
 
     def _writable_by(self, user: str, paths: list[str], depth: str = "") -> list[str]:
         """Paths (recursively) that `user` could write through owner, group or other bits."""
@@ -170,7 +170,7 @@ class Audit:
         self.record("no setuid/setgid file in releases or venvs", [f"{p}" for p in found])
 
     def sudoers(self) -> None:
-        name = f"sudo rules of {app.DEPLOY_USER}: literal, this app only"
+        name = f"sudo rules of {app.DEPLOY_USER} literal, for this app only"
         path = next(f.path for f in HOST_FILES if f.source == "config/sudoers")
         problems = []
         have = self.remote.stat(path)

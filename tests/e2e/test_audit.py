@@ -1,0 +1,233 @@
+"""`invoke audit` on a live host: passes on a provisioned host with a release, and fails on
+the right line when an invariant of the threat model is broken on purpose.
+
+The tests share one host and run in order; each breakage is repaired before the next.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from e2e_support import REPO, bake_tree
+
+pytestmark = pytest.mark.e2e
+
+SLUG = "shop"
+CURRENT = f"$(readlink -f /srv/{SLUG}/current)"
+VENV = f"$(readlink -f /srv/{SLUG}/current/.venv)"
+
+PROCESSES = f"every process runs as {SLUG}"
+SOCKET = "web socket 0660 www-data, only nginx and the app reach it"
+CODE = "the app cannot change its code, venv, uwsgi.ini or config"
+MODES = "directories as provisioned, nothing for others"
+SETUID = "no setuid/setgid file in releases or venvs"
+SUDO = f"sudo rules of {SLUG}-deploy literal, for this app only"
+DRIFT = "config matches the tree (no drift)"
+SERVICES = "nginx and supervisor enabled at boot and running"
+HOST_KEY = "host key pinned in the tree"
+ALL_CHECKS = [PROCESSES, SOCKET, CODE, MODES, SETUID, SUDO, DRIFT, SERVICES, HOST_KEY]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return bake_tree(tmp_path_factory.mktemp("trees"), SLUG, uwsgi_processes="2")
+
+
+@pytest.fixture(scope="module")
+def host(testhost_factory_module, tree, tmp_path_factory):
+    host = testhost_factory_module("aud")
+    result = tree.provision(host)
+    assert result.returncode == 0, result.stdout + result.stderr
+    dist = tmp_path_factory.mktemp("dist")
+    build = REPO / "sample_app" / "build_release.py"
+    tarball = subprocess.run(
+        [sys.executable, str(build), "v1", str(dist)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    deployed = tree.invoke("deploy", "--release", tarball, *as_deploy(tree, host))
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    return host
+
+
+def as_deploy(tree, host) -> list[str]:
+    spec = f"{SLUG}-deploy@127.0.0.1:{host.ssh_port}"
+    return ["--identity", str(tree.deploy_key), "--host", spec]
+
+
+def audit(tree, host) -> subprocess.CompletedProcess:
+    spec = f"root@127.0.0.1:{host.ssh_port}"
+    return tree.invoke("audit", "--host", spec, "--identity", str(host.key_path))
+
+
+def verdicts(output: str) -> dict[str, str]:
+    """{check name: PASS or FAIL} from the audit's table."""
+    found = re.findall(r"\] (PASS|FAIL)\s+([^:\n]+)", output)
+    return {name.strip(): status for status, name in found}
+
+
+def test_a_provisioned_host_with_a_release_passes_every_check(tree, host):
+    result = audit(tree, host)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert verdicts(result.stdout) == dict.fromkeys(ALL_CHECKS, "PASS")
+    assert re.search(r"audit: 9 passed, 0 failed$", result.stdout, re.M)
+
+
+def test_the_deploy_account_can_run_the_audit_too(tree, host):
+    spec = f"{SLUG}-deploy@127.0.0.1:{host.ssh_port}"
+    result = tree.invoke("audit", "--host", spec, "--identity", str(tree.deploy_key))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert verdicts(result.stdout) == dict.fromkeys(ALL_CHECKS, "PASS")
+    assert "visudo -c not run (needs root)" in result.stdout
+
+
+REPAIR_BY_PROVISIONING = "provision"
+SUPERVISOR_CONF = f"/etc/supervisor/conf.d/{SLUG}.conf"
+CTL = "supervisorctl -c /etc/supervisor/supervisord.conf"
+
+# (id, command that breaks one invariant, the check that must fail, command that repairs it)
+BREAKAGES = [
+    (
+        "uwsgi-as-root",
+        f"sed -i 's/^user = {SLUG}$/user = root/' {SUPERVISOR_CONF} && {CTL} update {SLUG}"
+        " && sleep 4",
+        PROCESSES,
+        REPAIR_BY_PROVISIONING,
+    ),
+    (
+        "socket-mode",
+        f"chmod 666 /run/{SLUG}/web.sock",
+        SOCKET,
+        f"chmod 660 /run/{SLUG}/web.sock",
+    ),
+    ("run-dir-open", f"chmod 755 /run/{SLUG}", SOCKET, f"chmod 750 /run/{SLUG}"),
+    ("group-member", f"gpasswd -a nobody {SLUG}", SOCKET, f"gpasswd -d nobody {SLUG}"),
+    (
+        "release-writable",
+        f"chmod g+w {CURRENT}/app/__init__.py",
+        CODE,
+        f"chmod g-w {CURRENT}/app/__init__.py",
+    ),
+    (
+        "release-owned-by-app",
+        f"chown {SLUG} {CURRENT}/uwsgi.ini",
+        CODE,
+        f"chown {SLUG}-deploy {CURRENT}/uwsgi.ini",
+    ),
+    ("venv-writable", f"chmod g+w {VENV}/pyvenv.cfg", CODE, f"chmod g-w {VENV}/pyvenv.cfg"),
+    (
+        "enforced-ini-owned-by-app",
+        f"chown {SLUG} /etc/eep/{SLUG}/uwsgi.ini",
+        CODE,
+        f"chown root /etc/eep/{SLUG}/uwsgi.ini",
+    ),
+    (
+        "uwsgi-binary-writable",
+        "chmod o+w /usr/bin/uwsgi-core",
+        CODE,
+        "chmod o-w /usr/bin/uwsgi-core",
+    ),
+    ("app-root-open", f"chmod 755 /srv/{SLUG}", MODES, f"chmod 750 /srv/{SLUG}"),
+    (
+        "world-writable-file",
+        f"touch /srv/{SLUG}/shared/var/x && chmod 666 /srv/{SLUG}/shared/var/x",
+        MODES,
+        f"rm /srv/{SLUG}/shared/var/x",
+    ),
+    (
+        "setuid-in-release",
+        f"chmod u+s {CURRENT}/app/__init__.py",
+        SETUID,
+        f"chmod u-s {CURRENT}/app/__init__.py",
+    ),
+    (
+        "sudoers-mode",
+        f"chmod 640 /etc/sudoers.d/{SLUG}",
+        SUDO,
+        f"chmod 440 /etc/sudoers.d/{SLUG}",
+    ),
+    (
+        "wildcard-rule-elsewhere",
+        f"echo '{SLUG}-deploy ALL = (root) NOPASSWD: /usr/bin/supervisorctl *'"
+        " > /etc/sudoers.d/zz-extra && chmod 440 /etc/sudoers.d/zz-extra",
+        SUDO,
+        "rm /etc/sudoers.d/zz-extra",
+    ),
+    (
+        "runtime-user-gets-sudo",
+        f"echo '{SLUG} ALL = (root) NOPASSWD: /usr/bin/id' > /etc/sudoers.d/zz-app"
+        " && chmod 440 /etc/sudoers.d/zz-app",
+        SUDO,
+        "rm /etc/sudoers.d/zz-app",
+    ),
+    (
+        "sudoers-syntax-error",
+        "echo 'this is not sudoers' > /etc/sudoers.d/zz-broken"
+        " && chmod 440 /etc/sudoers.d/zz-broken",
+        SUDO,
+        "rm /etc/sudoers.d/zz-broken",
+    ),
+    (
+        "nginx-site-edited",
+        f"echo '# hand edit' >> /etc/nginx/sites-available/{SLUG}",
+        DRIFT,
+        REPAIR_BY_PROVISIONING,
+    ),
+    (
+        "supervisor-program-edited",
+        f"sed -i 's/^stopwaitsecs = 20$/stopwaitsecs = 1/' {SUPERVISOR_CONF}",
+        DRIFT,
+        REPAIR_BY_PROVISIONING,
+    ),
+    ("nginx-disabled", "systemctl disable -q nginx", SERVICES, "systemctl enable -q nginx"),
+    (
+        "supervisor-disabled",
+        "systemctl disable -q supervisor",
+        SERVICES,
+        "systemctl enable -q supervisor",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("breakage", "check", "repair"),
+    [pytest.param(b[1], b[2], b[3], id=b[0]) for b in BREAKAGES],
+)
+def test_a_broken_invariant_fails_the_audit_on_its_line(tree, host, breakage, check, repair):
+    host.run(breakage)
+    try:
+        result = audit(tree, host)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert verdicts(result.stdout)[check] == "FAIL", result.stdout
+        assert re.search(r"audit: \d passed, [1-9] failed$", result.stdout, re.M)
+    finally:
+        if repair == REPAIR_BY_PROVISIONING:
+            repaired = tree.provision(host)
+            assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        else:
+            host.run(repair)
+    assert audit(tree, host).returncode == 0, "the repair did not restore a passing audit"
+
+
+def test_a_host_key_known_only_outside_the_tree_fails_the_audit(tree, host, tmp_path):
+    copy = tree.copy(tmp_path / "tree")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    # The key is trusted by the user's own known_hosts, but not pinned in the tree.
+    (copy.path / "known_hosts").rename(home / ".ssh" / "known_hosts")
+    spec = f"root@127.0.0.1:{host.ssh_port}"
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "audit", "--host", spec, "--identity", str(host.key_path)],
+        cwd=copy.path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HOME": str(home)},
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert verdicts(result.stdout)[HOST_KEY] == "FAIL"
+    assert not Path(copy.path / "known_hosts").exists(), "the audit must not record host keys"
