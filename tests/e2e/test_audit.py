@@ -182,6 +182,12 @@ BREAKAGES = [
         DRIFT,
         REPAIR_BY_PROVISIONING,
     ),
+    (
+        "extra-ssh-key-file",
+        f"cp /home/{SLUG}-deploy/.ssh/authorized_keys /home/{SLUG}-deploy/.ssh/authorized_keys2",
+        DRIFT,
+        f"rm /home/{SLUG}-deploy/.ssh/authorized_keys2",
+    ),
     ("nginx-disabled", "systemctl disable -q nginx", SERVICES, "systemctl enable -q nginx"),
     (
         "supervisor-disabled",

@@ -171,13 +171,20 @@ def test_stop_now_kills_the_running_task_at_once(tree, host):
 
 def test_run_and_shell_work_in_the_current_release_as_the_deploy_account(tree, host):
     code = "import flask, getpass, os; print(getpass.getuser(), os.getcwd(), flask.__name__)"
-    ran = deploy(tree, host, "run", "--", "python", "-c", code)
+    # Options first: everything after `--` is the command.
+    login = [
+        "--host",
+        f"{SLUG}-deploy@127.0.0.1:{host.ssh_port}",
+        "--identity",
+        str(tree.deploy_key),
+    ]
+    ran = tree.invoke("run", *login, "--", "python", "-c", code)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     user, cwd, module = ran.stdout.split()
     assert (user, module) == (f"{SLUG}-deploy", "flask")
     assert cwd == host.run(f"readlink -f /srv/{SLUG}/current").stdout.strip()
-    assert deploy(tree, host, "run", "--", "sh", "-c", "exit 3").returncode == 3
-    shell = deploy(tree, host, "shell", input="pwd; command -v python; id -un; exit\n")
+    assert tree.invoke("run", *login, "--", "sh", "-c", "exit 3").returncode == 3
+    shell = tree.invoke("shell", *login, input="pwd; command -v python; id -un; exit\n")
     assert shell.returncode == 0, shell.stdout + shell.stderr
     assert shell.stdout.split()[:3] == [
         f"/srv/{SLUG}/current",

@@ -85,7 +85,7 @@ PATHS = [
     (f"/var/log/{SLUG}/nginx-access.log", "regular file", "640", "root", SLUG),
     (f"/etc/eep/{SLUG}/stop-app", "regular file", "755", "root", "root"),
     ("/etc/systemd/system/supervisor.service.d/eep.conf", "regular file", "644", "root", "root"),
-    (f"/home/{SLUG}-deploy", "directory", "700", f"{SLUG}-deploy", SLUG),
+    (f"/home/{SLUG}-deploy", "directory", "750", "root", SLUG),
     (f"/home/{SLUG}-deploy/.ssh", "directory", "750", "root", SLUG),
     (f"/home/{SLUG}-deploy/.ssh/authorized_keys", "regular file", "640", "root", SLUG),
 ]

@@ -204,6 +204,10 @@ class Audit:
                 unread.append(host_file.path)
             elif content.decode(errors="replace") != render(host_file) or have != want:
                 problems.append(f"{host_file.path} differs from {host_file.source}")
+        # sshd also reads authorized_keys2: the tree's key file must be the only one.
+        ssh_dir = f"/home/{app.DEPLOY_USER}/.ssh"
+        extra = sorted(set(self.sh(f"ls -A {ssh_dir}").split()) - {"authorized_keys"})
+        problems += [f"{ssh_dir}/{name} is not from the tree" for name in extra]
         link = self.sh(f"readlink {ENABLED}").strip()
         if link != next(f.path for f in HOST_FILES if f.source == "config/nginx.conf"):
             problems.append(f"{ENABLED} is not the app's site")

@@ -23,10 +23,7 @@ def ensure_dir(
         raise HostError(f"{path} exists but is a {have[0]}, not a directory")
     why = "created" if have is None else f"was {have[2]}:{have[3]} {have[1]}"
     if report.change(step, f"{why} -> {owner}:{group} {mode:04o}"):
-        quoted = shlex.quote(path)
-        remote.run(
-            f"mkdir -p {quoted} && chown {owner}:{group} {quoted} && chmod {mode:o} {quoted}"
-        )
+        remote.make_dir(path, mode=mode, owner=owner, group=group)
     return True
 
 

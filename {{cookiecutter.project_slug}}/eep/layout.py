@@ -25,8 +25,9 @@ DIRECTORIES = [
     (app.LOG_DIR, "root", RUNTIME, 0o750),
     ("/etc/eep", "root", "root", 0o755),
     (app.CONF_DIR, "root", RUNTIME, 0o750),
-    (f"/home/{DEPLOY}", DEPLOY, RUNTIME, 0o700),
-    # Root-owned: the developer's keys are managed in this tree, not on the host.
+    # Root-owned, with .ssh: the developer's keys are managed in this tree, not on the
+    # host. Were the home the account's own, it could move .ssh aside and add keys.
+    (f"/home/{DEPLOY}", "root", RUNTIME, 0o750),
     (f"/home/{DEPLOY}/.ssh", "root", RUNTIME, 0o750),
 ]
 if app.USE_CELERY:

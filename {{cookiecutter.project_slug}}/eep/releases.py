@@ -131,7 +131,9 @@ def build_venv(release_id: str, python: str) -> dict:
         shutil.rmtree(venv, ignore_errors=True)
         _run([python, "-m", "venv", str(venv)], release, "python3 -m venv")
         pip = [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q"]
-        _run([*pip, "-r", str(release / "requirements.txt")], release, "pip install")
+        # The deploy account's home is root-owned: pip keeps its wheel cache here.
+        env = {**os.environ, "PIP_CACHE_DIR": str(ROOT / ".cache" / "pip")}
+        _run([*pip, "-r", str(release / "requirements.txt")], release, "pip install", env)
         (venv / ".complete").write_text(now())
     link = release / ".venv"
     if link.is_symlink() or link.exists():

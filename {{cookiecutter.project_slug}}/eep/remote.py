@@ -209,8 +209,10 @@ class Remote:
             "    mode = format(stat.S_IMODE(s.st_mode), '04o')\n"
             "    return [kind, mode, name('u', s.st_uid), name('g', s.st_gid)]\n"
             "def rd(p):\n"
-            "    try: return base64.b64encode(open(p, 'rb').read()).decode()\n"
+            # Never through a symbolic link: root would read whatever it points to.
+            "    try: fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)\n"
             "    except OSError: return None\n"
+            "    with open(fd, 'rb') as f: return base64.b64encode(f.read()).decode()\n"
             "want = json.load(sys.stdin)\n"
             "print(json.dumps([[st(p) for p in want[0]], [rd(p) for p in want[1]]]))\n"
         )
@@ -249,11 +251,62 @@ class Remote:
         return kind.replace("regular empty file", "regular file"), mode.zfill(4), owner, group
 
     def install(self, path: str, data: bytes, *, mode: int, owner: str, group: str) -> None:
-        """Write a file atomically: a temporary file beside it, then rename over it."""
-        temp = f"{path}.eep-new"
-        quoted, tmp = shlex.quote(path), shlex.quote(temp)
-        self.run(
-            f"umask 077 && cat > {tmp} && chown {owner}:{group} {tmp}"
-            f" && chmod {mode:o} {tmp} && mv -f {tmp} {quoted}",
-            stdin=data,
-        )
+        """Write a file atomically (a temporary file beside it, renamed over it), as root."""
+        self._safe("install", path, owner, group, mode, base64.b64encode(data).decode())
+
+    def make_dir(self, path: str, *, mode: int, owner: str, group: str) -> None:
+        """Create a directory (and missing parents, root 0755) and set its owner and mode."""
+        self._safe("mkdir", path, owner, group, mode, "")
+
+    def _safe(self, *request) -> None:
+        data = json.dumps(request).encode()
+        result = self.run(f"python3 -c {shlex.quote(SAFE_FS)}", stdin=data, check=False)
+        if result.exited != 0:
+            lines = result.stderr.strip().splitlines() or [f"exit {result.exited}"]
+            raise HostError(f"{request[0]} {request[1]}: {lines[-1]}")
+
+
+# Root changes owners and modes under directories that other accounts own (the deploy
+# account owns the app root, the app owns shared/). A plain `chown path` would follow a
+# symlink swapped in meanwhile, onto /etc/shadow or /root. So every component is opened
+# without following links, and owner and mode are set on the open file descriptor.
+SAFE_FS = r"""
+import base64, grp, json, os, pwd, stat, sys
+op, path, owner, group, mode, data = json.load(sys.stdin)
+uid, gid = pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
+DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+def parent_of(path, create):
+    fd = os.open("/", DIR)
+    for part in [p for p in path.split("/") if p][:-1]:
+        if create:
+            try: os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError: pass
+        try: new = os.open(part, DIR, dir_fd=fd)
+        except OSError: sys.exit(f"{part} is not a directory (or is a symbolic link)")
+        finally: os.close(fd)
+        fd = new
+    return fd
+name = os.path.basename(path)
+parent = parent_of(path, op == "mkdir")
+if op == "mkdir":
+    try: os.mkdir(name, 0o700, dir_fd=parent)
+    except FileExistsError: pass
+    try: fd = os.open(name, DIR, dir_fd=parent)
+    except OSError: sys.exit("exists and is not a directory (or is a symbolic link)")
+else:
+    # The temporary name must not be plantable: the directory may only be root's.
+    st = os.fstat(parent)
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        sys.exit("refused: its directory is writable by an account other than root")
+    temp = f".{name}.eep-new"
+    try: os.unlink(temp, dir_fd=parent)
+    except FileNotFoundError: pass
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent)
+    with open(fd, "wb", closefd=False) as handle:
+        handle.write(base64.b64decode(data))
+os.fchown(fd, uid, gid)
+os.fchmod(fd, mode)
+if op == "install":
+    os.fsync(fd)
+    os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+"""
