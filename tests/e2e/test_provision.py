@@ -111,7 +111,11 @@ def test_sudoers_is_valid_and_deploy_may_run_only_its_literal_commands(host):
     assert sorted(allowed) == sorted([*expected, f"{ctl} status {SLUG}-redis"])
     rules = listing.split("may run the following commands")[1]
     assert re.findall(r"\((\w+)\) NOPASSWD: /etc/eep/\S+", rules) == [SLUG]
-    assert f"/etc/eep/{SLUG}/stop-app warm, /etc/eep/{SLUG}/stop-app now" in rules
+    assert re.findall(rf"/etc/eep/{SLUG}/[^,\n]*", rules) == [
+        f"/etc/eep/{SLUG}/stop-app warm",
+        f"/etc/eep/{SLUG}/stop-app now",
+        f'/etc/eep/{SLUG}/reload-wait ""',
+    ]
     assert "ALL" not in rules.replace("(root)", "")
 
 

@@ -70,6 +70,7 @@ def test_sudoers_allows_only_literal_supervisorctl_verbs_for_this_app(bake):
         f"{ctl} status shop-redis",
         "/etc/eep/shop/stop-app warm",
         "/etc/eep/shop/stop-app now",
+        '/etc/eep/shop/reload-wait ""',
     ]
     assert all(line.startswith(("#", "shop-deploy ", "    ")) for line in text.splitlines())
     # The one rule that is not a supervisorctl verb runs as the app user, never as root.

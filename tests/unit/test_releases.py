@@ -57,9 +57,12 @@ def test_first_activation_needs_a_full_reload_then_chain_reloads(root):
     first = agent(root, "activate", "20260101T000000Z-v1", "--trigger", str(trigger))
     assert first == {"previous": None, "current": "20260101T000000Z-v1", "reload": "full"}
     before = trigger.stat().st_mtime_ns
-    second = agent(root, "activate", "20260102T000000Z-v2", "--trigger", str(trigger))
+    second = agent(
+        root, "activate", "20260102T000000Z-v2", "--trigger", str(trigger), "--log-offset", "4321"
+    )
     assert second["reload"] == "chain" and second["previous"] == "20260101T000000Z-v1"
-    assert trigger.stat().st_mtime_ns > before
+    # Touched, and it says where in uWSGI's log the reload starts (for reload-wait).
+    assert trigger.stat().st_mtime_ns > before and trigger.read_text() == "4321"
     assert (root / "current").readlink() == Path("releases/20260102T000000Z-v2")
 
 

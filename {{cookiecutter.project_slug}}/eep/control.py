@@ -13,7 +13,7 @@ import subprocess
 import time
 
 from eep import app
-from eep.deploy import CTL, UWSGI_LOG, Session, log_size, wait_reloaded
+from eep.deploy import CTL, UWSGI_LOG, Session, log_size, start_chain_reload, wait_reloaded
 from eep.remote import HostError, Remote, Target, known_hosts_path
 from eep.report import say
 from eep.supervisor import PROGRAMS
@@ -89,7 +89,7 @@ def restart(spec: str, *, identity: str = "", full: bool = False) -> None:
         if full:
             session.remote.run(f"{CTL} signal HUP {app.SLUG}")
         else:
-            session.remote.run(f"touch {app.DEPLOY_TRIGGER}")
+            start_chain_reload(session, offset)
         kind = "full" if full else "chain"
         with session.step("reload", kind):
             wait_reloaded(session, kind, offset)

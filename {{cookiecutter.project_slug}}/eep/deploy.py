@@ -27,6 +27,7 @@ AGENT_DIR = f"{app.APP_ROOT}/.eep"
 HERE = Path(__file__).resolve().parent
 CTL = "sudo -n /usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
 UWSGI_LOG = f"{app.LOG_DIR}/uwsgi.log"
+RELOAD_WAIT = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/reload-wait"
 SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
 
 
@@ -118,18 +119,29 @@ def _wait_for_log(session: Session, offset: int, text: str, timeout: float) -> b
     return False
 
 
+def start_chain_reload(session: Session, offset: int) -> None:
+    """Touch the trigger (uWSGI's touch-chain-reload), saying where in the log it starts."""
+    session.remote.run(f"printf %s {int(offset)} > {app.DEPLOY_TRIGGER}")
+
+
 def wait_reloaded(session: Session, kind: str, offset: int) -> None:
     """Wait until uWSGI logs, after byte `offset`, the end of a "chain" or "full" reload."""
-    # Chain reload: workers are replaced one at a time (each finishes its requests).
-    done = "chain reloading complete" if kind == "chain" else "WSGI app 0"
-    if not _wait_for_log(session, offset, done, timeout=180):
+    if kind == "chain":
+        # Workers are replaced one at a time (each finishes its requests). reload-wait
+        # (as the app user) wakes the master so it moves on as soon as each is ready.
+        result = session.remote.run(RELOAD_WAIT, check=False)
+        if result.exited != 0:
+            raise HostError(f"uWSGI did not finish its chain reload; see {UWSGI_LOG}")
+    elif not _wait_for_log(session, offset, "WSGI app 0", timeout=180):
         raise HostError(f"uWSGI did not finish reloading; see {UWSGI_LOG}")
 
 
 def _activate(session: Session, release_id: str) -> None:
     offset = log_size(session)
     with session.step("activate", release_id):
-        result = session.agent("activate", release_id, "--trigger", app.DEPLOY_TRIGGER)
+        result = session.agent(
+            "activate", release_id, "--trigger", app.DEPLOY_TRIGGER, "--log-offset", str(offset)
+        )
         if result["reload"] == "full":
             # First release, or its uwsgi.ini changed: uWSGI must re-read its config.
             # SIGHUP is a graceful reload; the Celery worker still finishes its task.

@@ -34,8 +34,9 @@ HOST_FILES = [
     HostFile("config/supervisor-service.conf", "/etc/systemd/system/supervisor.service.d/eep.conf"),
     HostFile("config/nginx.conf", f"/etc/nginx/sites-available/{app.SLUG}"),
     HostFile("config/sudoers", f"/etc/sudoers.d/{app.SLUG}", mode=0o440),
-    # Named by a sudo rule: root-owned, so neither the app nor the developer can change it.
+    # Named by sudo rules: root-owned, so neither the app nor the developer can change them.
     HostFile("config/stop-app.sh", f"{app.CONF_DIR}/stop-app", mode=0o755),
+    HostFile("config/reload-wait.py", f"{app.CONF_DIR}/reload-wait", mode=0o755),
     HostFile("config/logrotate.conf", f"/etc/logrotate.d/eep-{app.SLUG}"),
     # The developer's public key (never a private key): SSH login as the deploy account.
     HostFile(

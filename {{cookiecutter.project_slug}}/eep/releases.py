@@ -190,7 +190,7 @@ def ready(release_id: str) -> dict:
 # -- activation -------------------------------------------------------------------------
 
 
-def activate(release_id: str, trigger: str) -> dict:
+def activate(release_id: str, trigger: str, log_offset: int) -> dict:
     """Point `current` at the release (atomic rename) and say how the app must reload."""
     release = release_dir(release_id)
     if not (release / ".eep" / "ready").exists():
@@ -210,8 +210,9 @@ def activate(release_id: str, trigger: str) -> dict:
         reload = "chain" if old_ini == (release / "uwsgi.ini").read_bytes() else "full"
     if reload == "chain":
         # touch-chain-reload: workers restart one by one; the attached Celery worker
-        # gets TERM, finishes its task and starts again from the new release.
-        os.utime(trigger)
+        # gets TERM, finishes its task and starts again from the new release. The
+        # content tells reload-wait where in uWSGI's log this reload starts.
+        Path(trigger).write_text(str(log_offset))
     return {"previous": previous, "current": release_id, "reload": reload}
 
 
@@ -311,6 +312,7 @@ def main(argv: list[str]) -> int:
     sub.add_parser("ready").add_argument("release_id")
     sub.add_parser("activate").add_argument("release_id")
     sub.choices["activate"].add_argument("--trigger", required=True)
+    sub.choices["activate"].add_argument("--log-offset", type=int, default=0)
     sub.add_parser("rollback-target").add_argument("--to", default="")
     sub.add_parser("list")
     sub.add_parser("cleanup").add_argument("--keep", type=int, required=True)
@@ -325,7 +327,7 @@ def main(argv: list[str]) -> int:
         "smoke": lambda: smoke(args.release_id, args.wsgi_module),
         "steps": lambda: run_steps(args.release_id),
         "ready": lambda: ready(args.release_id),
-        "activate": lambda: activate(args.release_id, args.trigger),
+        "activate": lambda: activate(args.release_id, args.trigger, args.log_offset),
         "rollback-target": lambda: {"target": rollback_target(args.to)},
         "list": lambda: {"releases": list_releases()},
         "cleanup": lambda: cleanup(args.keep),

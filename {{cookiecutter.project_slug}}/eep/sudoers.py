@@ -19,6 +19,7 @@ def ensure_sudoers(remote: Remote, report: Report) -> None:
             detail = (result.stderr or result.stdout).strip().splitlines()
             raise HostError(f"visudo refused config/sudoers: {detail[0] if detail else '?'}")
 
-    # The script a rule names goes first, so the rule never points at a missing file.
+    # The scripts the rules name go first, so a rule never points at a missing file.
     ensure_file(remote, report, host_file("config/stop-app.sh"))
+    ensure_file(remote, report, host_file("config/reload-wait.py"))
     ensure_file(remote, report, host_file("config/sudoers"), validate=visudo)
