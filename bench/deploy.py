@@ -61,6 +61,7 @@ def main() -> None:
                 time.sleep(2)
                 took, out = run(tree, host, "deploy", "--release", tarballs["v2"])
             print(f"deploy v2 under load (same reqs) {took:5.1f} s  {phases(out)}")
+            v2_id = re.search(r"deployed (\S+) in", out).group(1)
             print(f"  load during deploy: {json.dumps(load.stats)}")
             marker = "/srv/bench/shared/var/tasks/bench.json"
             host.run(f"for i in $(seq 60); do test -f {marker} && break; sleep 0.5; done")
@@ -71,6 +72,9 @@ def main() -> None:
                 time.sleep(2)
                 took, out = run(tree, host, "rollback")
             print(f"rollback under load              {took:5.1f} s  {json.dumps(load.stats)}")
+            time.sleep(2)
+            took, out = run(tree, host, "rollback", "--to", v2_id)
+            print(f"rollback to v2, no load          {took:5.1f} s  {phases(out)}")
         finally:
             host.destroy()
     print("baseline (the seed's literal config): bench/seed_baseline.py")

@@ -233,11 +233,14 @@ def activate(release_id: str, spec: str, *, identity: str = "") -> None:
 
 
 def rollback(spec: str, *, to: str = "", identity: str = "") -> str:
+    started = time.monotonic()
     with Session(spec, identity) as session:
         with session.locked():
             target = session.agent("rollback-target", "--to", to)["target"]
             _activate(session, target)
-        say(f"[{session.target}] rolled back to {target}")
+        took = time.monotonic() - started
+        parts = ", ".join(f"{name} {secs:.1f} s" for name, secs in session.timings.items())
+        say(f"[{session.target}] rolled back to {target} in {took:.1f} s ({parts})")
     return target
 
 
