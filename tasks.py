@@ -162,6 +162,8 @@ def demo(c):
         host.run(f"cat {marker}").stdout,
     )
     step("releases", "releases", *deploy_args)
+    step("status", "status", *deploy_args)
+    step("audit", "audit", *deploy_args)
     print(f"\n==> the host stays up: {host.ssh_line()}")
     print("    remove it with: ./dev host.down eep-demo")
 
