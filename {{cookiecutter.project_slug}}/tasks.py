@@ -80,12 +80,18 @@ def activate(c, release, host="", identity=""):
     _on_hosts(c, host, lambda spec: run(release, spec, identity=identity))
 
 
-@task(help={"to": "release id to go back to (default: the one before current)", **DEPLOY_HELP})
-def rollback(c, to="", host="", identity=""):
+@task(
+    help={
+        "to": "release id to go back to (default: the one before current)",
+        "break_lock": "remove a deploy lock left by a deploy that died",
+        **DEPLOY_HELP,
+    }
+)
+def rollback(c, to="", host="", identity="", break_lock=False):
     """Switch back to an earlier release and reload gracefully."""
     from eep.deploy import rollback as run
 
-    _on_hosts(c, host, lambda spec: run(spec, to=to, identity=identity))
+    _on_hosts(c, host, lambda spec: run(spec, to=to, identity=identity, break_lock=break_lock))
 
 
 @task(help=DEPLOY_HELP)

@@ -284,6 +284,20 @@ def test_failing_release_is_marked_failed_and_current_keeps_serving(
     assert re.search(r"^\* \S+-v2\s+ready", listing, re.M), listing
 
 
+def test_a_release_uwsgi_cannot_load_is_rolled_back_automatically(tree, host, tmp_path):
+    # Passes every check before activation, but its uwsgi.ini names a module that
+    # is not there: uWSGI comes back without an app.
+    ini = (tree.path / "uwsgi.ini").read_text().replace("module = ", "module = nowhere.", 1)
+    tarball = build("f-noapp", tmp_path, **{"uwsgi.ini": ini.encode()})
+    result = deploy(tree, host, "deploy", "--release", str(tarball))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"-f-noapp failed after activation .*; \S+-v2 serves again", result.stderr)
+    assert page(host).startswith("sample v2 ")
+    listing = deploy(tree, host, "releases").stdout
+    assert re.search(r"\S+-f-noapp\s+failed\s+\S+\s+failed after activation", listing), listing
+    assert re.search(r"^\* \S+-v2\s+ready", listing, re.M), listing
+
+
 def test_rollback_under_load_is_quick_and_drops_nothing(tree, host):
     with load_test(host, f"{SLUG}.example.com", seconds=8, concurrency=8) as load:
         time.sleep(2)

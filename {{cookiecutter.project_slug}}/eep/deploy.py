@@ -68,8 +68,11 @@ class Session:
         self.say(name, f"{self.timings[name]:.1f} s" + (f"  {detail}" if detail else ""))
 
     @contextmanager
-    def locked(self):
+    def locked(self, *, break_lock: bool = False):
         """Hold the host's deploy lock for the `with` body (refused if someone holds it)."""
+        if break_lock:
+            self.agent("unlock")
+            self.say("lock", "broken on request")
         self.agent("lock", _lock_holder())
         try:
             yield
@@ -106,17 +109,30 @@ def log_size(session: Session) -> int:
     return int(found or 0)
 
 
-def _wait_for_log(session: Session, offset: int, text: str, timeout: float) -> bool:
-    """Wait until uWSGI's log says `text` after byte `offset` (the reload has finished)."""
+# What uWSGI logs when a worker loaded the app, and when it could not.
+APP_READY = "WSGI app 0"
+APP_BROKEN = ("no app loaded", "unable to load app")
+
+
+def _app_load(session: Session, offset: int) -> str:
+    """The first of APP_READY / APP_BROKEN that uWSGI logged after byte `offset`, or ""."""
+    patterns = " ".join(f"-e {shlex.quote(p)}" for p in (APP_READY, *APP_BROKEN))
+    start = offset + 1 if log_size(session) >= offset else 1  # 1: rotated meanwhile
+    found = session.remote.run(
+        f"tail -c +{start} {UWSGI_LOG} | grep -o -m 1 {patterns}", check=False
+    ).stdout.strip()
+    if found and found != APP_READY:
+        raise HostError(f"uWSGI could not load the app ({found}); see {UWSGI_LOG}")
+    return found
+
+
+def _wait_for_app(session: Session, offset: int, timeout: float) -> None:
+    """Wait until uWSGI's log, after byte `offset`, says a worker loaded the app."""
     deadline = time.monotonic() + timeout
-    command = f"tail -c +{offset + 1} {UWSGI_LOG} | grep -c {shlex.quote(text)}"
-    while time.monotonic() < deadline:
-        if log_size(session) < offset:  # the log was rotated meanwhile
-            command = f"grep -c {shlex.quote(text)} {UWSGI_LOG}"
-        if session.remote.run(command, check=False).stdout.strip() not in ("", "0"):
-            return True
+    while not _app_load(session, offset):
+        if time.monotonic() > deadline:
+            raise HostError(f"uWSGI did not finish reloading; see {UWSGI_LOG}")
         time.sleep(0.3)
-    return False
 
 
 def start_chain_reload(session: Session, offset: int) -> None:
@@ -132,11 +148,13 @@ def wait_reloaded(session: Session, kind: str, offset: int) -> None:
         result = session.remote.run(RELOAD_WAIT, check=False)
         if result.exited != 0:
             raise HostError(f"uWSGI did not finish its chain reload; see {UWSGI_LOG}")
-    elif not _wait_for_log(session, offset, "WSGI app 0", timeout=180):
-        raise HostError(f"uWSGI did not finish reloading; see {UWSGI_LOG}")
+        _app_load(session, offset)
+    else:
+        _wait_for_app(session, offset, timeout=180)
 
 
-def _activate(session: Session, release_id: str) -> None:
+def _activate(session: Session, release_id: str, *, undo: bool = True) -> None:
+    """Switch `current` to the release and reload; if the app then fails, go back."""
     offset = log_size(session)
     with session.step("activate", release_id):
         result = session.agent(
@@ -146,16 +164,25 @@ def _activate(session: Session, release_id: str) -> None:
             # First release, or its uwsgi.ini changed: uWSGI must re-read its config.
             # SIGHUP is a graceful reload; the Celery worker still finishes its task.
             session.remote.run(f"{CTL} signal HUP {app.SLUG}")
-    with session.step("reload", result["reload"]):
-        wait_reloaded(session, result["reload"], offset)
-        deadline = time.monotonic() + 60
-        while (status := session.http_status()) >= 500 or status == 0:
-            if time.monotonic() > deadline:
-                raise HostError(
-                    f"{release_id} is active but the app answers {status}; see {UWSGI_LOG},"
-                    " and `invoke rollback` to go back"
-                )
-            time.sleep(0.5)
+    try:
+        with session.step("reload", result["reload"]):
+            wait_reloaded(session, result["reload"], offset)
+            deadline = time.monotonic() + 60
+            while (status := session.http_status()) >= 500 or status == 0:
+                if time.monotonic() > deadline:
+                    raise HostError(f"the app answers {status or 'nothing'}; see {UWSGI_LOG}")
+                time.sleep(0.5)
+    except HostError as error:
+        previous = result["previous"]
+        if not undo or previous is None:
+            raise HostError(f"{release_id} is active but failing: {error}") from None
+        # Like a failed health check elsewhere: the release that served before comes back.
+        session.say("failed", f"{release_id}: {error}")
+        session.agent("fail", release_id, f"failed after activation: {error}")
+        _activate(session, previous, undo=False)
+        raise HostError(
+            f"{release_id} failed after activation ({error}); {previous} serves again"
+        ) from None
 
 
 def _build(session: Session, tarball: Path, release_id: str, has_ini: bool) -> None:
@@ -199,10 +226,7 @@ def deploy(
     release_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + version_of(path.name)
     started = time.monotonic()
     with Session(spec, identity) as session:
-        if break_lock:
-            session.agent("unlock")
-            session.say("lock", "broken on request")
-        with session.locked():
+        with session.locked(break_lock=break_lock):
             try:
                 _build(session, path, release_id, info.has_uwsgi_ini)
             except HostError as error:
@@ -232,10 +256,10 @@ def activate(release_id: str, spec: str, *, identity: str = "") -> None:
         _activate(session, release_id)
 
 
-def rollback(spec: str, *, to: str = "", identity: str = "") -> str:
+def rollback(spec: str, *, to: str = "", identity: str = "", break_lock: bool = False) -> str:
     started = time.monotonic()
     with Session(spec, identity) as session:
-        with session.locked():
+        with session.locked(break_lock=break_lock):
             target = session.agent("rollback-target", "--to", to)["target"]
             _activate(session, target)
         took = time.monotonic() - started
