@@ -332,6 +332,8 @@ def wait_for(check, timeout: float = 30) -> None:
 
 
 def test_killed_processes_come_back(host):
+    # The last reload restarted Celery (it starts again once the old one has exited).
+    wait_for(lambda: len(celery_masters(host)) == 1)
     celery = celery_masters(host)[0].split()[0]
     host.run(f"kill -9 {celery}")
     wait_for(lambda: len(masters := celery_masters(host)) == 1 and masters[0].split()[0] != celery)
