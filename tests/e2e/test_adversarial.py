@@ -209,6 +209,12 @@ SUDO_ATTACKS = [
         f"PYTHONPATH=/tmp {CTL} status {SHOP}",
         "sudo: sorry, you are not allowed to set the following environment variables: PYTHONPATH",
     ),
+    # The app-user scripts: only as the app user, only with their literal arguments.
+    (DEPLOY, f"/etc/eep/{SHOP}/stop-app now", PASSWORD),
+    (DEPLOY, f"-u {SHOP} /etc/eep/{SHOP}/stop-app all", PASSWORD),
+    (DEPLOY, f"-u {SHOP} /etc/eep/{SHOP}/reload-wait /etc/shadow", PASSWORD),
+    (DEPLOY, f"-u {BLOG} /etc/eep/{BLOG}/stop-app now", PASSWORD),
+    (RUNTIME, f"/etc/eep/{SHOP}/stop-app warm", PASSWORD),
     (RUNTIME, "true", PASSWORD),
     (RUNTIME, f"{CTL} status {SHOP}", PASSWORD),
     (RUNTIME, f"{CTL} stop all", PASSWORD),
