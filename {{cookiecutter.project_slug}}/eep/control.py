@@ -39,10 +39,14 @@ def _short(command: str) -> str:
 def _processes(session: Session) -> list[tuple[str, str, str, str, str]]:
     """(role, pid, uptime, memory, command) of every process of the runtime user."""
     master = session.remote.run(f"cat {app.RUN_DIR}/uwsgi/uwsgi.pid", check=False).stdout.strip()
-    rows = session.remote.run(f"ps -u {app.RUNTIME_USER} -o pid=,ppid=,etimes=,rss=,args=").stdout
+    rows = session.remote.run(
+        f"ps -u {app.RUNTIME_USER} -o stat=,pid=,ppid=,etimes=,rss=,args="
+    ).stdout
     found = []
     for row in rows.splitlines():
-        pid, ppid, seconds, rss, command = row.split(None, 4)
+        state, pid, ppid, seconds, rss, command = row.split(None, 5)
+        if state.startswith("Z"):
+            continue  # exited, not yet reaped by its parent
         if pid == master:
             role = "uwsgi master"
         elif ppid == master and "uwsgi" in command.split()[0]:
