@@ -130,6 +130,14 @@ def test_services_enabled_and_running(host, service):
     assert host.run(f"systemctl is-active {service}").stdout.strip() == "active"
 
 
+def test_audit_passes_on_a_freshly_provisioned_host(tree, host):
+    spec = f"root@127.0.0.1:{host.ssh_port}"
+    result = tree.invoke("audit", "--host", spec, "--identity", str(host.key_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no release deployed yet" in result.stdout
+    assert re.search(r"audit: 9 passed, 0 failed$", result.stdout, re.M)
+
+
 def test_shared_default_redis_is_off_and_the_private_one_has_no_tcp_port(host):
     assert host.run("systemctl is-active redis-server", check=False).stdout.strip() != "active"
     listening = host.run("ss -ltnH").stdout

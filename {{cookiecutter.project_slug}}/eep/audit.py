@@ -129,13 +129,12 @@ class Audit:
         return found.split()
 
     def read_only_code(self) -> None:
-        current = self.sh(f"readlink -f {app.CURRENT}").strip()
-        if not current or current == app.CURRENT:
-            self.record("the app cannot change its code or config", ["no current release"])
-            return
-        venv = self.sh(f"readlink -f {app.CURRENT}/.venv").strip()
         # Every release and venv (a rollback runs them), the app root itself (`current`).
-        code = [current, venv, app.RELEASES_DIR, f"{app.APP_ROOT}/venvs"]
+        code = [app.RELEASES_DIR]
+        current = self.sh(f"readlink -e {app.CURRENT}").strip()
+        if current:
+            venv = self.sh(f"readlink -e {app.CURRENT}/.venv").strip()
+            code += [current, f"{app.APP_ROOT}/venvs"] + ([venv] if venv else [])
         configs = [app.CONF_DIR, UWSGI_BINARY, *(f.path for f in HOST_FILES)]
         runtime = self._writable_by(app.RUNTIME_USER, code + configs)
         runtime += self._writable_by(app.RUNTIME_USER, [app.APP_ROOT], "-maxdepth 0")
@@ -144,7 +143,8 @@ class Audit:
             f"{app.DEPLOY_USER} can write {path}"
             for path in self._writable_by(app.DEPLOY_USER, configs)
         ]
-        self.record("the app cannot change its code, venv, uwsgi.ini or config", problems)
+        passed = "" if current else "no release deployed yet"
+        self.record("the app cannot change its code, venv, uwsgi.ini or config", problems, passed)
 
     def modes(self) -> None:
         problems = []
