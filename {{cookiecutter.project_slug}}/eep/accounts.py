@@ -11,7 +11,7 @@ from eep.report import Report
 MARK = f"eep app {app.SLUG}"
 
 
-def _group_members(remote: Remote, group: str) -> set[str] | None:
+def group_members(remote: Remote, group: str) -> set[str] | None:
     line = remote.run(f"getent group {group}", check=False, changes=False).stdout.strip()
     return None if not line else set(filter(None, line.split(":")[3].split(",")))
 
@@ -22,7 +22,7 @@ def _passwd(remote: Remote, user: str) -> list[str] | None:
 
 
 def ensure_group(remote: Remote, report: Report, group: str) -> None:
-    if _group_members(remote, group) is not None:
+    if group_members(remote, group) is not None:
         report.unchanged(f"group {group}")
     elif report.change(f"group {group}", "created"):
         remote.run(f"groupadd --system {group}")
@@ -64,7 +64,7 @@ def ensure_user(remote: Remote, report: Report, user: str, *, home: str, shell: 
 
 
 def ensure_member(remote: Remote, report: Report, user: str, group: str, why: str) -> bool:
-    members = _group_members(remote, group) or set()
+    members = group_members(remote, group) or set()
     if user in members:
         report.unchanged(f"{user} in group {group}")
         return False

@@ -2,9 +2,9 @@
 
 Run as root (or a sudo admin) every check runs in full; run as the deploy account,
 the parts that need root (reading the sudoers file, `visudo -c`) are left out and
-the line says so. Nothing on the host is changed. The
-drift check compares the host with `manifest.render()`, the same source that
-provisioning installs from.
+the line says so. Nothing on the host is changed. The drift check uses
+`files.file_difference()`, the comparison provisioning acts on, against
+`manifest.render()`, the source provisioning installs from.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import paramiko
 
 from eep import app
+from eep.accounts import group_members
+from eep.files import file_difference
 from eep.layout import DIRECTORIES
-from eep.manifest import HOST_FILES, render
+from eep.manifest import HOST_FILES, host_file
 from eep.nginx import ENABLED
 from eep.remote import Remote, Target, known_hosts_path
 from eep.report import say
@@ -112,8 +114,7 @@ class Audit:
             if have != expected:
                 problems.append(f"{path} is {' '.join(have) if have else 'missing'}")
         # Group members reach the socket: only nginx may be one, besides the app's accounts.
-        members = self.sh(f"getent group {app.RUNTIME_USER}").strip().split(":")[-1]
-        extra = sorted(set(filter(None, members.split(","))) - {"www-data"})
+        extra = sorted((group_members(self.remote, app.RUNTIME_USER) or set()) - {"www-data"})
         if extra:
             problems.append(f"group {app.RUNTIME_USER} also has {', '.join(extra)}")
         self.record("web socket 0660 www-data, only nginx and the app reach it", problems)
@@ -171,7 +172,7 @@ class Audit:
 
     def sudoers(self) -> None:
         name = f"sudo rules of {app.DEPLOY_USER} literal, for this app only"
-        path = next(f.path for f in HOST_FILES if f.source == "config/sudoers")
+        path = host_file("config/sudoers").path
         problems = []
         have = self.remote.stat(path)
         if have != ("regular file", "0440", "root", "root"):
@@ -194,22 +195,20 @@ class Audit:
         paths = [f.path for f in HOST_FILES]
         self.remote.prefetch(paths, paths)
         problems, unread = [], []
-        for host_file in HOST_FILES:
-            have = self.remote.stat(host_file.path)
-            want = ("regular file", f"{host_file.mode:04o}", host_file.owner, host_file.group)
-            content = self.remote.read(host_file.path)
-            if have is None:
-                problems.append(f"{host_file.path} missing")
+        for entry in HOST_FILES:
+            content = self.remote.read(entry.path)
+            if self.remote.stat(entry.path) is None:
+                problems.append(f"{entry.path} missing")
             elif content is None:
-                unread.append(host_file.path)
-            elif content.decode(errors="replace") != render(host_file) or have != want:
-                problems.append(f"{host_file.path} differs from {host_file.source}")
+                unread.append(entry.path)  # exists, but this account may not read it
+            elif why := file_difference(self.remote, entry, content):
+                problems.append(f"{entry.path} differs from {entry.source} ({why})")
         # sshd also reads authorized_keys2: the tree's key file must be the only one.
         ssh_dir = f"/home/{app.DEPLOY_USER}/.ssh"
         extra = sorted(set(self.sh(f"ls -A {ssh_dir}").split()) - {"authorized_keys"})
         problems += [f"{ssh_dir}/{name} is not from the tree" for name in extra]
         link = self.sh(f"readlink {ENABLED}").strip()
-        if link != next(f.path for f in HOST_FILES if f.source == "config/nginx.conf"):
+        if link != host_file("config/nginx.conf").path:
             problems.append(f"{ENABLED} is not the app's site")
         passed = f"not readable without root: {', '.join(unread)}" if unread else ""
         self.record("config matches the tree (no drift)", problems, passed)

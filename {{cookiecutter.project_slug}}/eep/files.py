@@ -27,6 +27,21 @@ def ensure_dir(
     return True
 
 
+def file_difference(remote: Remote, host_file: HostFile, have: bytes | None) -> str:
+    """How the host's file (its content: `have`) differs from the tree's; "" if it does not.
+
+    Provisioning acts on it; the audit's drift check reports it.
+    """
+    if have is None:
+        return "created"
+    if have != render(host_file).encode():
+        return "content differs"
+    meta = remote.stat(host_file.path)
+    if meta != ("regular file", f"{host_file.mode:04o}", host_file.owner, host_file.group):
+        return f"was {meta[2]}:{meta[3]} {meta[1]}" if meta else "not a regular file"
+    return ""
+
+
 def ensure_file(
     remote: Remote,
     report: Report,
@@ -42,18 +57,11 @@ def ensure_file(
     """
     want = render(host_file).encode()
     have = remote.read(host_file.path)
-    meta_want = ("regular file", f"{host_file.mode:04o}", host_file.owner, host_file.group)
-    meta = remote.stat(host_file.path) if have is not None else None
     step = f"file {host_file.path}"
-    if have == want and meta == meta_want:
+    why = file_difference(remote, host_file, have)
+    if not why:
         report.unchanged(step)
         return False
-    if have is None:
-        why = "created"
-    elif have != want:
-        why = "content differs"
-    else:
-        why = f"was {meta[2]}:{meta[3]} {meta[1]}" if meta else "not a regular file"
     diff = unified_diff(host_file.path, have, want) if have != want else ""
     if not report.change(step, why, diff):
         return True
