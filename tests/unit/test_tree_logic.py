@@ -117,3 +117,20 @@ def test_safe_fs_installs_atomically_and_refuses_a_directory_others_can_write(sa
     etc.chmod(0o777)
     refused = safe_fs("install", str(target), "root", "root", 0o644, data)
     assert refused.returncode != 0 and "writable by an account other than root" in refused.stderr
+
+
+def test_safe_fs_touch_keeps_content_and_never_follows_a_link(safe_fs, tmp_path):
+    logs = tmp_path / "log"
+    logs.mkdir(mode=0o755)
+    log = logs / "nginx-access.log"
+    log.write_text("earlier lines\n")
+    assert safe_fs("touch", str(log), "root", "nogroup", 0o640, "").returncode == 0
+    assert log.read_text() == "earlier lines\n" and log.stat().st_mode & 0o777 == 0o640
+    assert log.group() == "nogroup"
+    victim = tmp_path / "victim"
+    victim.write_text("secret")
+    victim.chmod(0o600)
+    (logs / "planted.log").symlink_to(victim)
+    refused = safe_fs("touch", str(logs / "planted.log"), "nobody", "nogroup", 0o666, "")
+    assert refused.returncode != 0
+    assert victim.owner() == "root" and victim.stat().st_mode & 0o777 == 0o600

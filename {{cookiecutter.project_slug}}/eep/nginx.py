@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-
 from eep import app
 from eep.files import ensure_file
 from eep.manifest import host_file
@@ -21,10 +19,7 @@ def ensure_log_file(remote: Remote, report: Report, path: str) -> None:
     if have == want:
         report.unchanged(f"log {path}")
     elif report.change(f"log {path}", "created" if have is None else f"was {' '.join(have)}"):
-        quoted = shlex.quote(path)
-        remote.run(
-            f"touch {quoted} && chown root:{app.RUNTIME_USER} {quoted} && chmod 640 {quoted}"
-        )
+        remote.touch_file(path, mode=0o640, owner="root", group=app.RUNTIME_USER)
 
 
 def ensure_site(remote: Remote, report: Report, *, reload: bool = False) -> None:

@@ -254,6 +254,10 @@ class Remote:
         """Write a file atomically (a temporary file beside it, renamed over it), as root."""
         self._safe("install", path, owner, group, mode, base64.b64encode(data).decode())
 
+    def touch_file(self, path: str, *, mode: int, owner: str, group: str) -> None:
+        """Create a file if missing (content kept) and set its owner and mode, as root."""
+        self._safe("touch", path, owner, group, mode, "")
+
     def make_dir(self, path: str, *, mode: int, owner: str, group: str) -> None:
         """Create a directory (and missing parents, root 0755) and set its owner and mode."""
         self._safe("mkdir", path, owner, group, mode, "")
@@ -271,7 +275,7 @@ class Remote:
 # symlink swapped in meanwhile, onto /etc/shadow or /root. So every component is opened
 # without following links, and owner and mode are set on the open file descriptor.
 SAFE_FS = r"""
-import base64, grp, json, os, pwd, stat, sys
+import base64, grp, json, os, pwd, sys
 op, path, owner, group, mode, data = json.load(sys.stdin)
 uid, gid = pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
 DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
@@ -294,10 +298,14 @@ if op == "mkdir":
     try: fd = os.open(name, DIR, dir_fd=parent)
     except OSError: sys.exit("exists and is not a directory (or is a symbolic link)")
 else:
-    # The temporary name must not be plantable: the directory may only be root's.
+    # Nothing in it may be plantable (a link at our name): the directory may only be root's.
     st = os.fstat(parent)
     if st.st_uid != 0 or st.st_mode & 0o022:
         sys.exit("refused: its directory is writable by an account other than root")
+if op == "touch":
+    # Created if missing, content left alone (a log file).
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600, dir_fd=parent)
+elif op == "install":
     temp = f".{name}.eep-new"
     try: os.unlink(temp, dir_fd=parent)
     except FileNotFoundError: pass
