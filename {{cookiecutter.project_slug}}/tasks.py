@@ -42,11 +42,11 @@ DEPLOY_HELP = {
 }
 
 
-def _on_hosts(c, host: str, action) -> None:
-    """Run `action(spec)` for each deploy host; one-line error and exit 1 on failure."""
+def _on_hosts(c, host: str, action, setting: str = "deploy_hosts") -> None:
+    """Run `action(spec)` for each host; one-line error and exit 1 on failure."""
     from eep.remote import HostError
 
-    for spec in _hosts(c, host, "deploy_hosts"):
+    for spec in _hosts(c, host, setting):
         try:
             action(spec)
         except HostError as error:
@@ -112,16 +112,11 @@ def releases(c, host="", identity=""):
 def audit(c, host="", identity=""):
     """Check a live host against the threat model: a PASS/FAIL table, exit 1 on any failure."""
     from eep.audit import audit as run
-    from eep.remote import HostError
 
     failed = []
-    for spec in _hosts(c, host, "provision_hosts"):
-        try:
-            ok = run(spec, identity=identity)
-        except HostError as error:
-            raise Exit(f"error: [{spec}] {error}", code=1) from None
-        if not ok:
-            failed.append(spec)
+    _on_hosts(
+        c, host, lambda spec: run(spec, identity=identity) or failed.append(spec), "provision_hosts"
+    )
     if failed:
         raise Exit(f"error: audit failed on {', '.join(failed)}", code=1)
 
@@ -167,11 +162,15 @@ def start(c, host="", identity=""):
     _on_hosts(c, host, lambda spec: run(spec, identity=identity))
 
 
-def _one_host(c, host: str) -> str:
+def _on_one_host(c, host: str, action) -> None:
+    """Run `action(spec)` on the one deploy host; its exit status becomes this command's."""
     hosts = _hosts(c, host, "deploy_hosts")
     if len(hosts) != 1:
         raise Exit("error: several deploy hosts: choose one with --host", code=1)
-    return hosts[0]
+    exited = []
+    _on_hosts(c, hosts[0], lambda spec: exited.append(action(spec)))
+    if exited[0]:
+        raise Exit(code=exited[0])
 
 
 @task(
@@ -184,33 +183,21 @@ def _one_host(c, host: str) -> str:
 def run_command(c, command="", host="", identity=""):
     """Run one command on the host as the deploy account, in the current release, venv active."""
     from eep.control import run
-    from eep.remote import HostError
 
     if not command and "--" in sys.argv:
         # Everything after `--`, with the quoting the shell gave it.
         command = shlex.join(sys.argv[sys.argv.index("--") + 1 :])
     if not command:
         raise Exit("error: no command: invoke run -- COMMAND [ARGS...]", code=1)
-    try:
-        exited = run(_one_host(c, host), command, identity=identity)
-    except HostError as error:
-        raise Exit(f"error: {error}", code=1) from None
-    if exited:
-        raise Exit(code=exited)
+    _on_one_host(c, host, lambda spec: run(spec, command, identity=identity))
 
 
 @task(help=DEPLOY_HELP)
 def shell(c, host="", identity=""):
     """An interactive shell on the host as the deploy account, in the current release."""
     from eep.control import shell as run
-    from eep.remote import HostError
 
-    try:
-        exited = run(_one_host(c, host), identity=identity)
-    except HostError as error:
-        raise Exit(f"error: {error}", code=1) from None
-    if exited:
-        raise Exit(code=exited)
+    _on_one_host(c, host, lambda spec: run(spec, identity=identity))
 
 
 @task(

@@ -137,10 +137,11 @@ def start(spec: str, *, identity: str = "") -> None:
         offset = log_size(session)
         with session.step("start", f"supervisorctl start {app.SLUG}"):
             result = session.remote.run(f"{CTL} start {app.SLUG}", check=False)
-            if result.exited != 0 and "already started" not in result.stdout:
+            running_before = "already started" in result.stdout
+            if result.exited != 0 and not running_before:
                 raise HostError(f"supervisor could not start {app.SLUG}; see {UWSGI_LOG}")
         with session.step("ready"):
-            if "already started" not in result.stdout:
+            if not running_before:
                 wait_reloaded(session, "full", offset)
             answer = session.http_status("/health")
             if not 0 < answer < 500:
