@@ -42,6 +42,18 @@ DEPLOY_HELP = {
 }
 
 
+RELOAD_HELP = (
+    "chain: web workers one at a time, no pause (default); all: every worker at once,"
+    " fastest, requests wait about one app load"
+)
+
+
+def _reload_mode(reload: str, allowed: tuple[str, ...] = ("chain", "all")) -> str:
+    if reload not in allowed:
+        raise Exit(f"error: --reload must be one of {', '.join(allowed)}, not {reload!r}", code=1)
+    return reload
+
+
 def _on_hosts(c, host: str, action, setting: str = "deploy_hosts") -> None:
     """Run `action(spec)` for each host; one-line error and exit 1 on failure."""
     from eep.remote import HostError
@@ -58,40 +70,57 @@ def _on_hosts(c, host: str, action, setting: str = "deploy_hosts") -> None:
         "release": "the release tarball (e.g. dist/app-1.2.tar.gz)",
         "stage": "upload, build and check the release, but do not activate it",
         "break_lock": "remove a deploy lock left by a deploy that died",
+        "reload": RELOAD_HELP,
         **DEPLOY_HELP,
     }
 )
-def deploy(c, release, host="", identity="", stage=False, break_lock=False):
+def deploy(c, release, host="", identity="", stage=False, break_lock=False, reload="chain"):
     """Upload a release, build its virtualenv, run its checks and activate it gracefully."""
     from eep.deploy import deploy as run
 
+    mode = _reload_mode(reload)
     _on_hosts(
         c,
         host,
-        lambda spec: run(release, spec, identity=identity, stage=stage, break_lock=break_lock),
+        lambda spec: run(
+            release, spec, identity=identity, stage=stage, break_lock=break_lock, reload=mode
+        ),
     )
 
 
-@task(help={"release": "release id, as listed by `invoke releases`", **DEPLOY_HELP})
-def activate(c, release, host="", identity=""):
+@task(
+    help={
+        "release": "release id, as listed by `invoke releases`",
+        "reload": RELOAD_HELP,
+        **DEPLOY_HELP,
+    }
+)
+def activate(c, release, host="", identity="", reload="chain"):
     """Activate a staged release: switch `current` and reload gracefully."""
     from eep.deploy import activate as run
 
-    _on_hosts(c, host, lambda spec: run(release, spec, identity=identity))
+    mode = _reload_mode(reload)
+    _on_hosts(c, host, lambda spec: run(release, spec, identity=identity, reload=mode))
 
 
 @task(
     help={
         "to": "release id to go back to (default: the one before current)",
         "break_lock": "remove a deploy lock left by a deploy that died",
+        "reload": "all: every web worker at once, fastest (default); chain: one at a time",
         **DEPLOY_HELP,
     }
 )
-def rollback(c, to="", host="", identity="", break_lock=False):
-    """Switch back to an earlier release and reload gracefully."""
+def rollback(c, to="", host="", identity="", break_lock=False, reload="all"):
+    """Switch back to an earlier release and reload gracefully (all workers at once)."""
     from eep.deploy import rollback as run
 
-    _on_hosts(c, host, lambda spec: run(spec, to=to, identity=identity, break_lock=break_lock))
+    mode = _reload_mode(reload)
+    _on_hosts(
+        c,
+        host,
+        lambda spec: run(spec, to=to, identity=identity, break_lock=break_lock, reload=mode),
+    )
 
 
 @task(help=DEPLOY_HELP)
@@ -132,12 +161,18 @@ def status(c, host="", identity=""):
         raise Exit(f"error: down on {', '.join(down)}", code=1)
 
 
-@task(help={"full": "re-read uwsgi.ini too (graceful full reload)", **DEPLOY_HELP})
-def restart(c, host="", identity="", full=False):
+@task(
+    help={
+        "reload": RELOAD_HELP + "; full: the uWSGI master too, re-reading uwsgi.ini",
+        **DEPLOY_HELP,
+    }
+)
+def restart(c, host="", identity="", reload="chain"):
     """Reload the app gracefully (running tasks finish, no request fails)."""
     from eep.control import restart as run
 
-    _on_hosts(c, host, lambda spec: run(spec, identity=identity, full=full))
+    mode = _reload_mode(reload, ("chain", "all", "full"))
+    _on_hosts(c, host, lambda spec: run(spec, identity=identity, mode=mode))
 
 
 @task(

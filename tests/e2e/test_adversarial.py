@@ -212,7 +212,9 @@ SUDO_ATTACKS = [
     # The app-user scripts: only as the app user, only with their literal arguments.
     (DEPLOY, f"/etc/eep/{SHOP}/stop-app now", PASSWORD),
     (DEPLOY, f"-u {SHOP} /etc/eep/{SHOP}/stop-app all", PASSWORD),
-    (DEPLOY, f"-u {SHOP} /etc/eep/{SHOP}/reload-wait /etc/shadow", PASSWORD),
+    (DEPLOY, f"-u {SHOP} /etc/eep/{SHOP}/reload /etc/shadow", PASSWORD),
+    (DEPLOY, f"-u {SHOP} /etc/eep/{SHOP}/reload", PASSWORD),
+    (DEPLOY, f"/etc/eep/{SHOP}/reload all", PASSWORD),
     (DEPLOY, f"-u {BLOG} /etc/eep/{BLOG}/stop-app now", PASSWORD),
     (RUNTIME, f"/etc/eep/{SHOP}/stop-app warm", PASSWORD),
     (RUNTIME, "true", PASSWORD),

@@ -299,6 +299,32 @@ def test_a_release_uwsgi_cannot_load_is_rolled_back_automatically(tree, host, tm
     assert re.search(r"^\* \S+-v2\s+ready", listing, re.M), listing
 
 
+def test_a_release_that_fails_only_under_uwsgi_is_rolled_back_at_once(tree, host, tmp_path):
+    # Same uwsgi.ini (so only the workers reload) and a module that imports fine in
+    # the smoke check but raises under uWSGI (which sets EEP_SHARED_DIR).
+    wsgi = (Path(__file__).parents[2] / "sample_app" / "app" / "wsgi.py").read_text()
+    wsgi = wsgi.replace(
+        "import os\n",
+        "import os\n\nif 'EEP_SHARED_DIR' in os.environ:\n    raise RuntimeError('boom')\n",
+        1,
+    )
+    started = time.monotonic()
+    result = deploy(
+        tree,
+        host,
+        "deploy",
+        "--release",
+        str(build("f-uwsgi", tmp_path, **{"app/wsgi.py": wsgi.encode()})),
+    )
+    took = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "uWSGI could not load the app" in result.stderr, result.stderr
+    assert re.search(r"-f-uwsgi failed after activation .*; \S+-v2 serves again", result.stderr)
+    print(f"failed deploy and automatic rollback took {took:.1f} s")
+    # Every worker is back on v2, not only the first one asked.
+    assert all(page(host).startswith("sample v2 ") for _ in range(12))
+
+
 def test_rollback_under_load_is_quick_and_drops_nothing(tree, host):
     with load_test(host, f"{SLUG}.example.com", seconds=8, concurrency=8) as load:
         time.sleep(2)
@@ -308,7 +334,9 @@ def test_rollback_under_load_is_quick_and_drops_nothing(tree, host):
     assert result.returncode == 0, result.stdout + result.stderr
     print(f"rollback took {took:.1f} s; load: {load.stats}")
     assert load.stats["failed"] == 0
-    assert page(host).startswith("sample v1 ")
+    # All workers were reloaded at once (rollback's default): every answer is v1.
+    assert "reload     " in result.stdout and "  all" in result.stdout, result.stdout
+    assert all(page(host).startswith("sample v1 ") for _ in range(12))
 
 
 def test_a_second_concurrent_deploy_is_refused_by_the_lock(tree, host, dist):
@@ -392,8 +420,12 @@ def test_staged_release_activates_later_and_rollback_to_a_named_release(tree, ho
     assert staged.returncode == 0, staged.stderr
     release_id = re.search(r"staged (\S+-v4)", staged.stdout).group(1)
     assert page(host).startswith("sample v3 ")
-    assert deploy(tree, host, "activate", release_id).returncode == 0
-    assert page(host).startswith("sample v4 ")
+    with load_test(host, f"{SLUG}.example.com", seconds=5, concurrency=8) as load:
+        time.sleep(1)
+        activated = deploy(tree, host, "activate", release_id, "--reload", "all")
+    assert activated.returncode == 0, activated.stderr
+    assert load.stats["failed"] == 0, load.stats
+    assert all(page(host).startswith("sample v4 ") for _ in range(12))
     back = deploy(tree, host, "rollback", "--to", current)
     assert back.returncode == 0, back.stderr
     assert page(host).startswith("sample v3 ")

@@ -114,7 +114,8 @@ def test_sudoers_is_valid_and_deploy_may_run_only_its_literal_commands(host):
     assert re.findall(rf"/etc/eep/{SLUG}/[^,\n]*", rules) == [
         f"/etc/eep/{SLUG}/stop-app warm",
         f"/etc/eep/{SLUG}/stop-app now",
-        f'/etc/eep/{SLUG}/reload-wait ""',
+        f"/etc/eep/{SLUG}/reload chain",
+        f"/etc/eep/{SLUG}/reload all",
     ]
     assert "ALL" not in rules.replace("(root)", "")
 

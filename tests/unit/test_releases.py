@@ -34,6 +34,11 @@ def make_release(root: Path, release_id: str, *, ini: str = "[uwsgi]\n", state="
         (release / ".eep" / state).write_text("why" if state == "failed" else "now")
 
 
+def switch(root: Path) -> tuple[str, ...]:
+    """The trigger and log arguments of `activate` and `rollback`."""
+    return ("--trigger", str(root / "deploy"), "--log", str(root / "uwsgi.log"))
+
+
 @pytest.fixture
 def root(tmp_path) -> Path:
     (tmp_path / "releases").mkdir()
@@ -50,52 +55,62 @@ def test_lock_refuses_a_second_holder_and_names_the_first(root):
     agent(root, "lock", "bob@desk")
 
 
-def test_first_activation_needs_a_full_reload_then_chain_reloads(root):
+def test_first_activation_needs_a_full_reload_then_a_workers_reload(root):
     trigger = root / "deploy"
     make_release(root, "20260101T000000Z-v1")
     make_release(root, "20260102T000000Z-v2")
-    first = agent(root, "activate", "20260101T000000Z-v1", "--trigger", str(trigger))
-    assert first == {"previous": None, "current": "20260101T000000Z-v1", "reload": "full"}
-    before = trigger.stat().st_mtime_ns
-    second = agent(
-        root, "activate", "20260102T000000Z-v2", "--trigger", str(trigger), "--log-offset", "4321"
-    )
-    assert second["reload"] == "chain" and second["previous"] == "20260101T000000Z-v1"
-    # Touched, and it says where in uWSGI's log the reload starts (for reload-wait).
-    assert trigger.stat().st_mtime_ns > before and trigger.read_text() == "4321"
+    first = agent(root, "activate", "20260101T000000Z-v1", *switch(root))
+    assert first == {
+        "previous": None,
+        "current": "20260101T000000Z-v1",
+        "reload": "full",
+        "log_size": 0,
+    }
+    # A full reload leaves the trigger to the caller (touched once the new master runs).
+    assert trigger.read_text() == ""
+    (root / "uwsgi.log").write_text("x" * 4321)
+    second = agent(root, "activate", "20260102T000000Z-v2", *switch(root))
+    assert second["reload"] == "workers" and second["previous"] == "20260101T000000Z-v1"
+    # The log size before the reload (what uWSGI logs after it is about the reload),
+    # and the trigger touched: the attached Celery worker restarts from the new release.
+    assert second["log_size"] == 4321 and trigger.read_text() == "20260102T000000Z-v2\n"
     assert (root / "current").readlink() == Path("releases/20260102T000000Z-v2")
 
 
 def test_changed_uwsgi_ini_needs_a_full_reload(root):
     make_release(root, "20260101T000000Z-v1")
     make_release(root, "20260102T000000Z-v2", ini="[uwsgi]\nprocesses = 4\n")
-    agent(root, "activate", "20260101T000000Z-v1", "--trigger", str(root / "deploy"))
-    result = agent(root, "activate", "20260102T000000Z-v2", "--trigger", str(root / "deploy"))
+    agent(root, "activate", "20260101T000000Z-v1", *switch(root))
+    result = agent(root, "activate", "20260102T000000Z-v2", *switch(root))
     assert result["reload"] == "full"
 
 
 @pytest.mark.parametrize("state", ["failed", None], ids=["failed", "incomplete"])
 def test_only_ready_releases_can_be_activated(root, state):
     make_release(root, "20260101T000000Z-v1", state=state)
-    message = agent(root, "activate", "20260101T000000Z-v1", "--trigger", "x", ok=False)
+    message = agent(root, "activate", "20260101T000000Z-v1", *switch(root), ok=False)
     assert "is not ready" in message
     assert not (root / "current").exists()
 
 
-def test_rollback_target_is_the_release_activated_before_current(root):
+def test_rollback_activates_the_release_activated_before_current(root):
     for day in ("01", "02", "03"):
         make_release(root, f"202601{day}T000000Z-v{day}")
-        agent(root, "activate", f"202601{day}T000000Z-v{day}", "--trigger", str(root / "deploy"))
+        agent(root, "activate", f"202601{day}T000000Z-v{day}", *switch(root))
     make_release(root, "20260104T000000Z-bad", state="failed")
-    assert agent(root, "rollback-target")["target"] == "20260102T000000Z-v02"
-    assert agent(root, "rollback-target", "--to", "20260101T000000Z-v01")["target"].endswith("v01")
-    assert "no release" in agent(root, "rollback-target", "--to", "nope", ok=False)
+    back = agent(root, "rollback", *switch(root))
+    assert (back["current"], back["previous"]) == ("20260102T000000Z-v02", "20260103T000000Z-v03")
+    assert (root / "current").readlink() == Path("releases/20260102T000000Z-v02")
+    oldest = agent(root, "rollback", *switch(root), "--to", "20260101T000000Z-v01")
+    assert oldest["current"] == "20260101T000000Z-v01"
+    assert "no release" in agent(root, "rollback", *switch(root), "--to", "nope", ok=False)
+    assert (root / "current").readlink() == Path("releases/20260101T000000Z-v01")
 
 
 def test_list_marks_current_failed_and_activation_times(root):
     make_release(root, "20260101T000000Z-1.0")
     make_release(root, "20260102T000000Z-1.1", state="failed")
-    agent(root, "activate", "20260101T000000Z-1.0", "--trigger", str(root / "deploy"))
+    agent(root, "activate", "20260101T000000Z-1.0", *switch(root))
     listed = agent(root, "list")["releases"]
     assert [(r["id"], r["version"], r["state"], r["current"]) for r in listed] == [
         ("20260101T000000Z-1.0", "1.0", "ready", True),
@@ -114,8 +129,8 @@ def test_cleanup_keeps_newest_current_and_previous_and_drops_failed(root):
     (root / "venvs" / "used").mkdir()
     (root / "releases" / ids[0] / ".venv").symlink_to("../../venvs/used")
     # v1 was current, then v2 was activated: v1 is "the one before" and must stay.
-    agent(root, "activate", ids[0], "--trigger", str(root / "deploy"))
-    agent(root, "activate", ids[1], "--trigger", str(root / "deploy"))
+    agent(root, "activate", ids[0], *switch(root))
+    agent(root, "activate", ids[1], *switch(root))
     removed = agent(root, "cleanup", "--keep", "3")["removed"]
     left = sorted(p.name for p in (root / "releases").iterdir())
     assert left == [ids[0], ids[1], *ids[4:], "20260108T000000Z-bad1"]
@@ -125,3 +140,30 @@ def test_cleanup_keeps_newest_current_and_previous_and_drops_failed(root):
 
 def test_bad_release_ids_are_refused(root):
     assert "bad release id" in agent(root, "ready", "../etc", ok=False)
+
+
+def test_serve_answers_each_line_with_one_json_line_and_survives_errors(root):
+    make_release(root, "20260101T000000Z-v1")
+    requests = [
+        ["lock", "alice@laptop"],
+        ["lock", "bob@desk"],
+        ["activate", "20260101T000000Z-v1", *switch(root)],
+        ["no-such-command"],
+        ["list"],
+        ["unlock"],
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--root", str(root), "serve"],
+        input="".join(json.dumps(r) + "\n" for r in requests),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 0 and len(answers) == len(requests)
+    assert answers[0] == {"ok": {"locked": True}}
+    assert answers[1]["error"].startswith("another deploy holds the lock: alice@laptop")
+    assert answers[2]["ok"]["current"] == "20260101T000000Z-v1"
+    assert answers[3] == {"error": 'not a command: ["no-such-command"]'}
+    assert [r["current"] for r in answers[4]["ok"]["releases"]] == [True]
+    assert "ok" in answers[5] and not (root / ".deploy-lock").exists()

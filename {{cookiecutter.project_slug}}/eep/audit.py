@@ -253,7 +253,7 @@ def _unexpected_rules(listing: str) -> list[str]:
     if app.USE_CELERY:
         expected.add(f"{CTL_RULE} status {app.SLUG}-redis")
     expected |= {f"{app.CONF_DIR}/stop-app warm", f"{app.CONF_DIR}/stop-app now"}
-    expected.add(f'{app.CONF_DIR}/reload-wait ""')
+    expected |= {f"{app.CONF_DIR}/reload chain", f"{app.CONF_DIR}/reload all"}
     rules = listing.split("may run the following commands", 1)[-1]
     rules = re.sub(r",\s*\n\s*", ", ", rules)
     found = set()

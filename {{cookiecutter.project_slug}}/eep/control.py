@@ -13,7 +13,15 @@ import subprocess
 import time
 
 from eep import app
-from eep.deploy import CTL, UWSGI_LOG, Session, log_size, start_chain_reload, wait_reloaded
+from eep.deploy import (
+    CTL,
+    UWSGI_LOG,
+    Session,
+    log_size,
+    reload_app,
+    touch_trigger,
+    wait_app_loaded,
+)
 from eep.remote import HostError, Remote, Target, known_hosts_path
 from eep.report import say
 from eep.supervisor import PROGRAMS
@@ -86,17 +94,14 @@ def status(spec: str, *, identity: str = "") -> bool:
     return healthy
 
 
-def restart(spec: str, *, identity: str = "", full: bool = False) -> None:
-    """Graceful reload: workers one at a time, Celery finishes its task first."""
+def restart(spec: str, *, identity: str = "", mode: str = "chain") -> None:
+    """Graceful reload ("chain", "all" or "full"); Celery finishes its task first."""
     with Session(spec, identity) as session:
-        offset = log_size(session)
-        if full:
-            session.remote.run(f"{CTL} signal HUP {app.SLUG}")
-        else:
-            start_chain_reload(session, offset)
-        kind = "full" if full else "chain"
-        with session.step("reload", kind):
-            wait_reloaded(session, kind, offset)
+        offset = log_size(session) if mode == "full" else 0
+        if mode != "full":
+            touch_trigger(session)  # Celery restarts too (a full reload touches it after)
+        with session.step("reload", mode):
+            reload_app(session, mode, offset)
 
 
 def _leftovers(session: Session) -> list[str]:
@@ -142,7 +147,7 @@ def start(spec: str, *, identity: str = "") -> None:
                 raise HostError(f"supervisor could not start {app.SLUG}; see {UWSGI_LOG}")
         with session.step("ready"):
             if not running_before:
-                wait_reloaded(session, "full", offset)
+                wait_app_loaded(session, offset)
             answer = session.http_status("/health")
             if not 0 < answer < 500:
                 raise HostError(f"{app.SLUG} started but nginx answers {answer}; see {UWSGI_LOG}")

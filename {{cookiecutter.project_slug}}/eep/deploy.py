@@ -8,6 +8,7 @@ them over one SSH connection and reports each step with its duration.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import re
 import shlex
@@ -19,7 +20,7 @@ from typing import Self
 
 from eep import app
 from eep.manifest import TREE
-from eep.remote import HostError, Remote, Target
+from eep.remote import Conversation, HostError, Remote, Target
 from eep.report import say
 from eep.tarball import TarballError, inspect
 
@@ -27,7 +28,10 @@ AGENT_DIR = f"{app.APP_ROOT}/.eep"
 HERE = Path(__file__).resolve().parent
 CTL = "sudo -n /usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
 UWSGI_LOG = f"{app.LOG_DIR}/uwsgi.log"
-RELOAD_WAIT = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/reload-wait"
+# Reloads the web workers as the app user ("chain" or "all"; see config/reload.py).
+RELOAD = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/reload"
+RELOAD_MODES = ("chain", "all")
+AGENT_FILES = ("releases.py", "tarball.py")
 SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
 
 
@@ -46,15 +50,32 @@ class Session:
         self.target = Target.parse(spec, default_user=app.DEPLOY_USER)
         self.remote = Remote(self.target, identity=identity, become_root=False)
         self.timings: dict[str, float] = {}
+        self.agent_process: Conversation | None = None
 
     def __enter__(self) -> Self:
         self.remote.open()
-        self.remote.run(f"mkdir -p -m 750 {AGENT_DIR}")
-        for name in ("releases.py", "tarball.py"):
-            self.remote.put(str(HERE / name), f"{AGENT_DIR}/{name}")
+        # Upload the release tools only when the host's copies differ (one round trip).
+        sums = "".join(
+            f"{hashlib.sha256((HERE / name).read_bytes()).hexdigest()}  {name}\n"
+            for name in AGENT_FILES
+        )
+        same = self.remote.run(
+            f"mkdir -p -m 750 {AGENT_DIR} && cd {AGENT_DIR} && "
+            f"printf %s {shlex.quote(sums)} | sha256sum --check --status",
+            check=False,
+        )
+        if same.exited != 0:
+            for name in AGENT_FILES:
+                self.remote.put(str(HERE / name), f"{AGENT_DIR}/{name}")
+        # One python process on the host answers every agent() call of the session.
+        self.agent_process = self.remote.converse(
+            f"python3 {AGENT_DIR}/releases.py --root {app.APP_ROOT} serve"
+        )
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.agent_process:
+            self.agent_process.close()
         self.remote.close()
 
     def say(self, status: str, message: str) -> None:
@@ -62,10 +83,13 @@ class Session:
 
     @contextmanager
     def step(self, name: str, detail: str = ""):
+        """Time the `with` body and report it; words appended to the list it gives
+        are added to the line."""
         started = time.monotonic()
-        yield
+        details = [detail] if detail else []
+        yield details
         self.timings[name] = time.monotonic() - started
-        self.say(name, f"{self.timings[name]:.1f} s" + (f"  {detail}" if detail else ""))
+        self.say(name, f"{self.timings[name]:.1f} s" + "".join(f"  {d}" for d in details))
 
     @contextmanager
     def locked(self, *, break_lock: bool = False):
@@ -80,24 +104,18 @@ class Session:
             self.agent("unlock")
 
     def agent(self, *args: str) -> dict:
-        command = f"python3 {AGENT_DIR}/releases.py --root {app.APP_ROOT} " + shlex.join(args)
-        result = self.remote.run(command, check=False)
-        if result.exited != 0:
-            lines = result.stderr.strip().splitlines() or [f"exit {result.exited}"]
-            raise HostError(lines[-1].removeprefix("error: "))
-        return json.loads(result.stdout)
+        """Run one command of eep/releases.py on the host; its error as a HostError."""
+        line = self.agent_process.ask(json.dumps(args))
+        if not line:
+            raise HostError(f"the release agent stopped: {self.agent_process.last_error()}")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise HostError(answer["error"])
+        return answer["ok"]
 
     def http_status(self, path: str = "/") -> int:
         """Status nginx gives for `path` on the app's first domain, asked from the host itself."""
-        host = app.DOMAINS[0].replace("*.", "www.")
-        code = (
-            "import urllib.request as u, urllib.error as e\n"
-            f"r = u.Request('http://127.0.0.1' + {path!r}, headers=dict(Host={host!r}))\n"
-            "try: print(u.urlopen(r, timeout=10).status)\n"
-            "except e.HTTPError as x: print(x.code)\n"
-            "except OSError: print(0)"
-        )
-        return int(self.remote.run(f"python3 -c {shlex.quote(code)}").stdout.strip() or 0)
+        return self.agent("http-status", path, app.DOMAINS[0].replace("*.", "www."))["status"]
 
 
 def _lock_holder() -> str:
@@ -126,7 +144,7 @@ def _app_load(session: Session, offset: int) -> str:
     return found
 
 
-def _wait_for_app(session: Session, offset: int, timeout: float) -> None:
+def wait_app_loaded(session: Session, offset: int, timeout: float = 180) -> None:
     """Wait until uWSGI's log, after byte `offset`, says a worker loaded the app."""
     deadline = time.monotonic() + timeout
     while not _app_load(session, offset):
@@ -135,38 +153,40 @@ def _wait_for_app(session: Session, offset: int, timeout: float) -> None:
         time.sleep(0.3)
 
 
-def start_chain_reload(session: Session, offset: int) -> None:
-    """Touch the trigger (uWSGI's touch-chain-reload), saying where in the log it starts."""
-    session.remote.run(f"printf %s {int(offset)} > {app.DEPLOY_TRIGGER}")
+def touch_trigger(session: Session) -> None:
+    """Restart the attached daemons that name the trigger in touch= (the Celery worker)."""
+    session.remote.run(f"date -u +%FT%TZ > {app.DEPLOY_TRIGGER}")
 
 
-def wait_reloaded(session: Session, kind: str, offset: int) -> None:
-    """Wait until uWSGI logs, after byte `offset`, the end of a "chain" or "full" reload."""
-    if kind == "chain":
-        # Workers are replaced one at a time (each finishes its requests). reload-wait
-        # (as the app user) wakes the master so it moves on as soon as each is ready.
-        result = session.remote.run(RELOAD_WAIT, check=False)
-        if result.exited != 0:
-            raise HostError(f"uWSGI did not finish its chain reload; see {UWSGI_LOG}")
-        _app_load(session, offset)
-    else:
-        _wait_for_app(session, offset, timeout=180)
+def reload_app(session: Session, mode: str, offset: int) -> None:
+    """Reload gracefully and wait until the app serves again from `current`.
+
+    "chain" / "all": the web workers only, one at a time or all at once (config/reload.py).
+    "full": SIGHUP, the uWSGI master re-reads its ini too; `offset` is the byte size of
+    uWSGI's log before, so only what it logs after counts.
+    """
+    if mode == "full":
+        session.remote.run(f"{CTL} signal HUP {app.SLUG}")
+        wait_app_loaded(session, offset)
+        touch_trigger(session)  # the new master adopted the old Celery worker: renew it
+        return
+    result = session.remote.run(f"{RELOAD} {shlex.quote(mode)}", check=False)
+    if result.exited != 0:
+        lines = result.stderr.strip().splitlines() or [f"reload failed (exit {result.exited})"]
+        raise HostError(lines[-1].removeprefix("error: "))
 
 
-def _activate(session: Session, release_id: str, *, undo: bool = True) -> None:
-    """Switch `current` to the release and reload; if the app then fails, go back."""
-    offset = log_size(session)
-    with session.step("activate", release_id):
-        result = session.agent(
-            "activate", release_id, "--trigger", app.DEPLOY_TRIGGER, "--log-offset", str(offset)
-        )
-        if result["reload"] == "full":
-            # First release, or its uwsgi.ini changed: uWSGI must re-read its config.
-            # SIGHUP is a graceful reload; the Celery worker still finishes its task.
-            session.remote.run(f"{CTL} signal HUP {app.SLUG}")
+def _activate(session: Session, command: list[str], mode: str, *, undo: bool = True) -> str:
+    """Switch `current` (the agent's `activate` or `rollback`), reload; if the app then
+    fails, go back to the release that served before. Returns the activated release."""
+    with session.step("activate") as details:
+        result = session.agent(*command, "--trigger", app.DEPLOY_TRIGGER, "--log", UWSGI_LOG)
+        details.append(result["current"])
+    release_id = result["current"]
+    kind = mode if result["reload"] == "workers" else "full"
     try:
-        with session.step("reload", result["reload"]):
-            wait_reloaded(session, result["reload"], offset)
+        with session.step("reload", kind):
+            reload_app(session, kind, result["log_size"])
             deadline = time.monotonic() + 60
             while (status := session.http_status()) >= 500 or status == 0:
                 if time.monotonic() > deadline:
@@ -176,13 +196,15 @@ def _activate(session: Session, release_id: str, *, undo: bool = True) -> None:
         previous = result["previous"]
         if not undo or previous is None:
             raise HostError(f"{release_id} is active but failing: {error}") from None
-        # Like a failed health check elsewhere: the release that served before comes back.
+        # Like a failed health check elsewhere: the release that served before comes
+        # back, all workers at once (the failing release serves nothing useful).
         session.say("failed", f"{release_id}: {error}")
         session.agent("fail", release_id, f"failed after activation: {error}")
-        _activate(session, previous, undo=False)
+        _activate(session, ["activate", previous], "all", undo=False)
         raise HostError(
             f"{release_id} failed after activation ({error}); {previous} serves again"
         ) from None
+    return release_id
 
 
 def _build(session: Session, tarball: Path, release_id: str, has_ini: bool) -> None:
@@ -214,7 +236,13 @@ def _build(session: Session, tarball: Path, release_id: str, has_ini: bool) -> N
 
 
 def deploy(
-    tarball: str, spec: str, *, identity: str = "", stage: bool = False, break_lock: bool = False
+    tarball: str,
+    spec: str,
+    *,
+    identity: str = "",
+    stage: bool = False,
+    break_lock: bool = False,
+    reload: str = "chain",
 ) -> str:
     path = Path(tarball)
     if not path.is_file():
@@ -239,7 +267,7 @@ def deploy(
                     "staged", f"{release_id}: activate it with `invoke activate {release_id}`"
                 )
             else:
-                _activate(session, release_id)
+                _activate(session, ["activate", release_id], reload)
             removed = session.agent("cleanup", "--keep", str(app.KEEP_RELEASES))["removed"]
             if removed:
                 session.say("cleanup", ", ".join(removed))
@@ -251,17 +279,18 @@ def deploy(
     return release_id
 
 
-def activate(release_id: str, spec: str, *, identity: str = "") -> None:
+def activate(release_id: str, spec: str, *, identity: str = "", reload: str = "chain") -> None:
     with Session(spec, identity) as session, session.locked():
-        _activate(session, release_id)
+        _activate(session, ["activate", release_id], reload)
 
 
-def rollback(spec: str, *, to: str = "", identity: str = "", break_lock: bool = False) -> str:
+def rollback(
+    spec: str, *, to: str = "", identity: str = "", break_lock: bool = False, reload: str = "all"
+) -> str:
     started = time.monotonic()
     with Session(spec, identity) as session:
         with session.locked(break_lock=break_lock):
-            target = session.agent("rollback-target", "--to", to)["target"]
-            _activate(session, target)
+            target = _activate(session, ["rollback", "--to", to], reload)
         took = time.monotonic() - started
         parts = ", ".join(f"{name} {secs:.1f} s" for name, secs in session.timings.items())
         say(f"[{session.target}] rolled back to {target} in {took:.1f} s ({parts})")

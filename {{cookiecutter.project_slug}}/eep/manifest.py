@@ -36,7 +36,7 @@ HOST_FILES = [
     HostFile("config/sudoers", f"/etc/sudoers.d/{app.SLUG}", mode=0o440),
     # Named by sudo rules: root-owned, so neither the app nor the developer can change them.
     HostFile("config/stop-app.sh", f"{app.CONF_DIR}/stop-app", mode=0o755),
-    HostFile("config/reload-wait.py", f"{app.CONF_DIR}/reload-wait", mode=0o755),
+    HostFile("config/reload.py", f"{app.CONF_DIR}/reload", mode=0o755),
     HostFile("config/logrotate.conf", f"/etc/logrotate.d/eep-{app.SLUG}"),
     # The developer's public key (never a private key): SSH login as the deploy account.
     HostFile(

@@ -1,9 +1,12 @@
 """Releases on the host: run THERE, as the deploy account, by `invoke deploy` and friends.
 
     python3 releases.py --root /srv/app COMMAND [ARGS]
+    python3 releases.py --root /srv/app serve     # one command per line of stdin
 
 Standard library only (it runs on the host's own python3), prints one JSON object
-on success and `error: <one line>` on stderr with exit 1 on failure. Layout:
+on success and `error: <one line>` on stderr with exit 1 on failure. `serve` answers
+each line (a JSON list of arguments) with one JSON line, {"ok": ...} or {"error":
+...}: a session starts python once instead of once per command. Layout:
 
     <root>/releases/<id>/          one release (id = UTC time + version, sortable)
     <root>/releases/<id>/.venv     -> ../../venvs/<hash of requirements.txt>
@@ -23,6 +26,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path("/")  # set from --root
@@ -104,7 +109,9 @@ def fail(release_id: str, reason: str) -> dict:
 
 
 def _run(cmd: list[str], cwd: Path, what: str, env: dict | None = None) -> None:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, env=env, check=False, stdin=subprocess.DEVNULL
+    )
     if proc.returncode != 0:
         lines = proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}"
         raise ReleaseError(f"{what} failed: {lines.splitlines()[-1]}")
@@ -116,6 +123,7 @@ def build_venv(release_id: str, python: str) -> dict:
     requirements = (release / "requirements.txt").read_bytes()
     version = subprocess.run(
         [python, "-c", "import sys; print(sys.version)"],
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         check=False,
@@ -190,11 +198,15 @@ def ready(release_id: str) -> dict:
 # -- activation -------------------------------------------------------------------------
 
 
-def activate(release_id: str, trigger: str, log_offset: int) -> dict:
+def activate(release_id: str, trigger: str, log: str) -> dict:
     """Point `current` at the release (atomic rename) and say how the app must reload."""
     release = release_dir(release_id)
     if not (release / ".eep" / "ready").exists():
         raise ReleaseError(f"release {release_id} is not ready (failed or still building)")
+    try:  # where uWSGI's log stands before the reload: what it logs next is about it
+        log_size = os.stat(log).st_size
+    except FileNotFoundError:
+        log_size = 0
     previous = current_id()
     new_link = ROOT / ".current-new"
     if new_link.is_symlink():
@@ -207,13 +219,13 @@ def activate(release_id: str, trigger: str, log_offset: int) -> dict:
         reload = "full"  # uWSGI still runs the no-release page: it must re-read its ini
     else:
         old_ini = (releases_dir() / previous / "uwsgi.ini").read_bytes()
-        reload = "chain" if old_ini == (release / "uwsgi.ini").read_bytes() else "full"
-    if reload == "chain":
-        # touch-chain-reload: workers restart one by one; the attached Celery worker
-        # gets TERM, finishes its task and starts again from the new release. The
-        # content tells reload-wait where in uWSGI's log this reload starts.
-        Path(trigger).write_text(str(log_offset))
-    return {"previous": previous, "current": release_id, "reload": reload}
+        reload = "workers" if old_ini == (release / "uwsgi.ini").read_bytes() else "full"
+    if reload == "workers":
+        # The attached daemons that name the trigger in touch= (the Celery worker) get
+        # their stop signal, finish their task and start again from the new release.
+        # After a full reload the caller touches it once the new master runs.
+        Path(trigger).write_text(release_id + "\n")
+    return {"previous": previous, "current": release_id, "reload": reload, "log_size": log_size}
 
 
 def rollback_target(to: str) -> str:
@@ -295,11 +307,23 @@ def cleanup(keep: int) -> dict:
 # -- command line -----------------------------------------------------------------------
 
 
-def main(argv: list[str]) -> int:
-    global ROOT
+def http_status(path: str, host: str) -> dict:
+    """The status nginx gives for `path` on the app's domain, asked from the host itself."""
+    request = urllib.request.Request("http://127.0.0.1" + path, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return {"status": response.status}
+    except urllib.error.HTTPError as error:
+        return {"status": error.code}
+    except OSError:
+        return {"status": 0}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="releases.py")
     parser.add_argument("--root", required=True)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve")
     sub.add_parser("lock").add_argument("who")
     sub.add_parser("unlock")
     sub.add_parser("fail").add_argument("release_id")
@@ -310,15 +334,19 @@ def main(argv: list[str]) -> int:
     sub.choices["smoke"].add_argument("wsgi_module")
     sub.add_parser("steps").add_argument("release_id")
     sub.add_parser("ready").add_argument("release_id")
-    sub.add_parser("activate").add_argument("release_id")
-    sub.choices["activate"].add_argument("--trigger", required=True)
-    sub.choices["activate"].add_argument("--log-offset", type=int, default=0)
-    sub.add_parser("rollback-target").add_argument("--to", default="")
+    for name in ("activate", "rollback"):
+        sub.add_parser(name).add_argument("--trigger", required=True)
+        sub.choices[name].add_argument("--log", required=True)
+    sub.choices["activate"].add_argument("release_id")
+    sub.choices["rollback"].add_argument("--to", default="")
     sub.add_parser("list")
     sub.add_parser("cleanup").add_argument("--keep", type=int, required=True)
-    args = parser.parse_args(argv)
-    ROOT = Path(args.root)
-    os.umask(0o027)
+    sub.add_parser("http-status").add_argument("path")
+    sub.choices["http-status"].add_argument("host")
+    return parser
+
+
+def dispatch(args: argparse.Namespace) -> dict:
     handlers = {
         "lock": lambda: lock(args.who),
         "unlock": unlock,
@@ -327,13 +355,41 @@ def main(argv: list[str]) -> int:
         "smoke": lambda: smoke(args.release_id, args.wsgi_module),
         "steps": lambda: run_steps(args.release_id),
         "ready": lambda: ready(args.release_id),
-        "activate": lambda: activate(args.release_id, args.trigger, args.log_offset),
-        "rollback-target": lambda: {"target": rollback_target(args.to)},
+        "activate": lambda: activate(args.release_id, args.trigger, args.log),
+        "rollback": lambda: activate(rollback_target(args.to), args.trigger, args.log),
         "list": lambda: {"releases": list_releases()},
         "cleanup": lambda: cleanup(args.keep),
+        "http-status": lambda: http_status(args.path, args.host),
     }
+    return handlers[args.command]()
+
+
+def serve(parser: argparse.ArgumentParser, root: str) -> int:
+    for line in sys.stdin:
+        try:
+            args = parser.parse_args(["--root", root, *json.loads(line)])
+            if args.command == "serve":
+                raise ReleaseError("serve cannot be nested")
+            answer = {"ok": dispatch(args)}
+        except (ReleaseError, OSError) as error:
+            answer = {"error": str(error)}
+        except (SystemExit, ValueError, TypeError):
+            answer = {"error": f"not a command: {line.strip()[:200]}"}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    global ROOT
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ROOT = Path(args.root)
+    os.umask(0o027)
+    if args.command == "serve":
+        return serve(parser, args.root)
     try:
-        print(json.dumps(handlers[args.command]()))
+        print(json.dumps(dispatch(args)))
     except (ReleaseError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -89,6 +89,28 @@ def _fingerprint_error(error: paramiko.BadHostKeyException) -> str:
     )
 
 
+class Conversation:
+    """A command on the host that reads requests and writes answers, a line each."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+        self.answers = channel.makefile("rb")
+
+    def ask(self, line: str) -> str:
+        """Send one line, return the answer ("" if the command has ended)."""
+        self.channel.sendall(line.encode() + b"\n")
+        return self.answers.readline().decode(errors="replace")
+
+    def last_error(self) -> str:
+        """The last line the ended command wrote on stderr."""
+        lines = self.channel.makefile_stderr("rb").read().decode(errors="replace").splitlines()
+        return lines[-1] if lines else f"exit {self.channel.recv_exit_status()}"
+
+    def close(self) -> None:
+        self.channel.shutdown_write()
+        self.channel.close()
+
+
 class Remote:
     """Commands and files on one host: as root (provisioning) or as the login user (deploy)."""
 
@@ -170,6 +192,12 @@ class Remote:
             detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
             raise HostError(f"`{command[:80]}` failed: {detail[-1] if detail else result.exited}")
         return result
+
+    def converse(self, command: str) -> Conversation:
+        """Start a command that answers each line sent to it with one line."""
+        channel = self.conn.client.get_transport().open_session()
+        channel.exec_command(command)
+        return Conversation(channel)
 
     def run(self, command: str, *, check: bool = True, stdin: bytes = b"", changes: bool = True):
         """Run a shell command as root (or as the login user); return its Result.
