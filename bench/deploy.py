@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/deploy.py
 
-On a fresh provisioned test host: first deploy (virtualenv built), a deploy of a
-new version with unchanged requirements while a load generator runs on the host
-and a 20 s Celery task is running, and a rollback under load. Reports the deploy
+On a fresh provisioned test host (4 uWSGI workers): first deploy (virtualenv
+built); a deploy of a new version with unchanged requirements while a load
+generator runs on the host and a 20 s Celery task is running (default chain
+reload); the same with `--reload all`; a rollback under load (all workers at once,
+its default) and one without load. Reports wall-clock times of the commands, their
 phases, failed requests, p99/max latency, and whether the running task was lost.
 """
 
@@ -48,7 +50,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tree = bake_tree(Path(tmp), "bench", uwsgi_processes="4")
         dist = Path(tmp) / "dist"
-        tarballs = {v: str(build(v, dist)) for v in ("v1", "v2")}
+        tarballs = {v: str(build(v, dist)) for v in ("v1", "v2", "v3")}
         host = create_host("bench-dep")
         try:
             assert tree.provision(host).returncode == 0, "provision failed"
@@ -61,20 +63,28 @@ def main() -> None:
                 time.sleep(2)
                 took, out = run(tree, host, "deploy", "--release", tarballs["v2"])
             print(f"deploy v2 under load (same reqs) {took:5.1f} s  {phases(out)}")
-            v2_id = re.search(r"deployed (\S+) in", out).group(1)
             print(f"  load during deploy: {json.dumps(load.stats)}")
             marker = "/srv/bench/shared/var/tasks/bench.json"
             host.run(f"for i in $(seq 60); do test -f {marker} && break; sleep 0.5; done")
             found = host.run(f"cat {marker}", check=False)
             task = json.loads(found.stdout)["version"] if found.returncode == 0 else "LOST"
             print(f"  task running during deploy: finished on {task} (lost: {task == 'LOST'})")
+            with load_test(host, HOST_HEADER, seconds=10, concurrency=8) as load:
+                time.sleep(2)
+                took, out = run(
+                    tree, host, "deploy", "--release", tarballs["v3"], "--reload", "all"
+                )
+            print(f"deploy v3 under load, --reload all {took:5.1f} s  {phases(out)}")
+            v3_id = re.search(r"deployed (\S+) in", out).group(1)
+            print(f"  load during deploy: {json.dumps(load.stats)}")
             with load_test(host, HOST_HEADER, seconds=8, concurrency=8) as load:
                 time.sleep(2)
                 took, out = run(tree, host, "rollback")
-            print(f"rollback under load              {took:5.1f} s  {json.dumps(load.stats)}")
+            print(f"rollback under load              {took:5.1f} s  {phases(out)}")
+            print(f"  load during rollback: {json.dumps(load.stats)}")
             time.sleep(2)
-            took, out = run(tree, host, "rollback", "--to", v2_id)
-            print(f"rollback to v2, no load          {took:5.1f} s  {phases(out)}")
+            took, out = run(tree, host, "rollback", "--to", v3_id)
+            print(f"rollback, no load                {took:5.1f} s  {phases(out)}")
         finally:
             host.destroy()
     print("baseline (the seed's literal config): bench/seed_baseline.py")
