@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shlex
 import subprocess
 import sys
 
@@ -134,3 +135,23 @@ def test_safe_fs_touch_keeps_content_and_never_follows_a_link(safe_fs, tmp_path)
     refused = safe_fs("touch", str(logs / "planted.log"), "nobody", "nogroup", 0o666, "")
     assert refused.returncode != 0
     assert victim.owner() == "root" and victim.stat().st_mode & 0o777 == 0o600
+
+
+def test_output_into_a_closed_pipe_ends_quietly_and_the_work_goes_on(bake):
+    tree = bake().project_path
+    code = (
+        "import sys\n"
+        "from eep.report import say\n"
+        "for i in range(5000): say(f'line {i}')\n"
+        "print('finished', file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        f"{sys.executable} -c {shlex.quote(code)} | head -n 1",
+        shell=True,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.stdout == "line 0\n"
+    assert proc.stderr == "finished\n", proc.stderr

@@ -205,4 +205,4 @@ def logs(spec: str, *, identity: str = "", process: str = "", lines: int = 50, f
         if follow:
             session.remote.conn.run(command, pty=False)
         else:
-            print(session.remote.run(command).stdout, end="")
+            say(session.remote.run(command).stdout, end="")

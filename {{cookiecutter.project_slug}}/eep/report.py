@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -10,10 +11,16 @@ from dataclasses import dataclass, field
 _print_lock = threading.Lock()
 
 
-def say(line: str, *, err: bool = False) -> None:
+def say(line: str, *, err: bool = False, end: str = "\n") -> None:
     # Several hosts are provisioned in parallel: print whole lines, one at a time.
+    stream = sys.stderr if err else sys.stdout
     with _print_lock:
-        print(line, file=sys.stderr if err else sys.stdout, flush=True)
+        try:
+            stream.write(line + end)
+            stream.flush()
+        except BrokenPipeError:
+            # The reader went away (`invoke status | head`): finish the work, quietly.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def unified_diff(path: str, old: bytes | None, new: bytes) -> str:
