@@ -397,7 +397,12 @@ def test_release_with_root_options_in_its_ini_gets_no_root(tree, host, tmp_path)
         tree, host, "deploy", "--release", str(build("v3", tmp_path, **{"uwsgi.ini": hostile}))
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "reload     " in result.stdout and "  full" in result.stdout, result.stdout
     assert page(host).startswith("sample v3 ")
+    # After a full reload the Celery worker was restarted too: tasks run the new code.
+    assert page(host, "/task?seconds=0&id=after-full").startswith("queued")
+    assert marker(host, "after-full")["version"] == "v3"
+    assert len(celery_masters(host)) == 1
     assert host.run("ls /root/owned /root/owned2", check=False).returncode != 0
     rows = host.run("ps -eo user=,comm=").stdout.splitlines()
     app_procs = [row.split() for row in rows if row.split()[1] in ("uwsgi-core", "celery")]

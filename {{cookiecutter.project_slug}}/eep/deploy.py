@@ -168,7 +168,11 @@ def reload_app(session: Session, mode: str, offset: int) -> None:
     if mode == "full":
         session.remote.run(f"{CTL} signal HUP {app.SLUG}")
         wait_app_loaded(session, offset)
-        touch_trigger(session)  # the new master adopted the old Celery worker: renew it
+        # The new master adopted the old Celery worker by its pidfile: renew it. The
+        # master looks at touch files once per loop, at least once a second; wait for
+        # that, so the old worker takes no task once this command has returned.
+        touch_trigger(session)
+        time.sleep(1.2)
         return
     result = session.remote.run(f"{RELOAD} {shlex.quote(mode)}", check=False)
     if result.exited != 0:
