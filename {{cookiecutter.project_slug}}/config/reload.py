@@ -2,8 +2,8 @@
 """eep: reload {{ cookiecutter.project_slug }}'s web workers gracefully and wait until all serve again.
 
 Installed as {{ cookiecutter.__conf_dir }}/reload (root:root 0755) and run by the deploy
-account through its sudo rule AS THE APP USER (the only account that may talk to the
-uWSGI master):
+account through its sudo rule AS THE APP USER (the only account that may signal the
+workers or read the uWSGI master's stats socket):
 
     reload chain   one worker at a time: the others keep serving, no pause at all;
                    takes one app load per worker.
@@ -11,24 +11,30 @@ uWSGI master):
                    app together while new requests wait in the socket's backlog;
                    takes about one app load (a pause of that length).
 
-Either way each old worker finishes its request first. The command is sent on the
-master's FIFO; the stats socket is then read every 50 ms, which also wakes the master
-(it moves a chain on only when it wakes, otherwise about once a second). Exit 0 when
-every worker is a new process that accepts requests with the app loaded; 1 with one
-line when a new worker has no app (import failed) or on timeout.
+A worker is told to go with SIGHUP: it finishes its request and exits, and the master
+starts a new one, which loads the app from `current`. Only a worker that accepts
+requests is signalled: until then (while it loads the app, e.g. just after max-requests
+recycled it) it still has the master's SIGHUP handler, which ignores the signal; uWSGI's
+own chain/workers reload does not wait for that and then stalls for worker-reload-mercy
+(60 s; measured). A worker still there and idle a second after its signal gets another.
+The stats socket is read every 50 ms; each read also wakes the master, which would
+otherwise notice an exited worker only about once a second.
+
+Exit 0 when every worker is a new process that accepts requests; 1 with one line when a
+new worker accepts without the app (its import failed) or on timeout.
 """
 
 import json
 import os
+import signal
 import socket
 import sys
 import time
 
-FIFO = "{{ cookiecutter.__run_dir }}/uwsgi/master.fifo"
 STATS = "{{ cookiecutter.__run_dir }}/uwsgi/stats.sock"
 LOG = "{{ cookiecutter.__log_dir }}/uwsgi.log"
-COMMANDS = {"chain": b"c", "all": b"w"}  # uWSGI master FIFO: chain / workers reload
 TIMEOUT = 300
+RESEND = 1.0
 
 
 def workers() -> list[dict]:
@@ -47,29 +53,52 @@ def fail(message: str) -> int:
     return 1
 
 
-def main() -> int:
-    if len(sys.argv) != 2 or sys.argv[1] not in COMMANDS:
-        return fail(f"usage: reload {'|'.join(COMMANDS)}")
+def reload(at_once: int) -> int:
+    """Replace every worker, at most `at_once` of them out of service at a time."""
     try:
-        old = {worker["pid"] for worker in workers()}
-        fifo = os.open(FIFO, os.O_WRONLY | os.O_NONBLOCK)
+        old = {w["pid"] for w in workers() if w["pid"] > 0}
     except (OSError, ValueError) as error:
         return fail(f"uWSGI is not running or not answering ({error})")
-    with os.fdopen(fifo, "wb") as handle:
-        handle.write(COMMANDS[sys.argv[1]])
+    signalled: dict[int, float] = {}  # old pid -> when it was last told to go
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        time.sleep(0.05)
         try:
             now = workers()
         except (OSError, ValueError):
+            time.sleep(0.05)
             continue  # the master is busy respawning: ask again
-        for worker in now:
-            if worker["pid"] not in old and worker["accepting"] and not worker["apps"]:
+        ready = [w for w in now if w["pid"] > 0 and w["pid"] not in old and w["accepting"]]
+        for worker in ready:
+            if not worker["apps"]:
                 return fail(f"uWSGI could not load the app (worker {worker['id']}); see {LOG}")
-        if all(w["pid"] > 0 and w["pid"] not in old and w["accepting"] for w in now):
+        if len(ready) == len(now):
             return 0
+        # Out of service: told to go and not gone yet, or new and not accepting yet.
+        loading = [w for w in now if w["pid"] not in old and w not in ready]
+        out = len(loading) + sum(1 for w in now if w["pid"] in signalled)
+        for worker in sorted((w for w in now if w["pid"] in old), key=lambda w: w["id"]):
+            pid, when = worker["pid"], signalled.get(worker["pid"])
+            if when is None:
+                if out >= at_once or not worker["accepting"]:
+                    continue
+            elif worker["status"] != "idle" or time.monotonic() - when < RESEND:
+                continue
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass  # it has just exited (max-requests): the master replaces it anyway
+            if when is None:
+                out += 1
+            signalled[pid] = time.monotonic()
+        time.sleep(0.05)
     return fail(f"the workers were not all replaced in {TIMEOUT} s; see {LOG}")
+
+
+def main() -> int:
+    modes = {"chain": 1, "all": 1_000_000}
+    if len(sys.argv) != 2 or sys.argv[1] not in modes:
+        return fail(f"usage: reload {'|'.join(modes)}")
+    return reload(modes[sys.argv[1]])
 
 
 sys.exit(main())
