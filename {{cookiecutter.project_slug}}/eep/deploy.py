@@ -30,7 +30,6 @@ CTL = "sudo -n /usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
 UWSGI_LOG = f"{app.LOG_DIR}/uwsgi.log"
 # Reloads the web workers as the app user ("chain" or "all"; see config/reload.py).
 RELOAD = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/reload"
-RELOAD_MODES = ("chain", "all")
 AGENT_FILES = ("releases.py", "tarball.py")
 SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
 
@@ -80,6 +79,11 @@ class Session:
 
     def say(self, status: str, message: str) -> None:
         say(f"[{self.target}] {status:<10} {message}")
+
+    def summary(self, what: str, started: float) -> None:
+        """The last line of a command: what it did, in how long, and its steps' times."""
+        parts = ", ".join(f"{name} {secs:.1f} s" for name, secs in self.timings.items())
+        say(f"[{self.target}] {what} in {time.monotonic() - started:.1f} s ({parts})")
 
     @contextmanager
     def step(self, name: str, detail: str = ""):
@@ -275,11 +279,7 @@ def deploy(
             removed = session.agent("cleanup", "--keep", str(app.KEEP_RELEASES))["removed"]
             if removed:
                 session.say("cleanup", ", ".join(removed))
-        parts = ", ".join(f"{name} {secs:.1f} s" for name, secs in session.timings.items())
-        verb = "staged" if stage else "deployed"
-        say(
-            f"[{session.target}] {verb} {release_id} in {time.monotonic() - started:.1f} s ({parts})"
-        )
+        session.summary(f"{'staged' if stage else 'deployed'} {release_id}", started)
     return release_id
 
 
@@ -295,9 +295,7 @@ def rollback(
     with Session(spec, identity) as session:
         with session.locked(break_lock=break_lock):
             target = _activate(session, ["rollback", "--to", to], reload)
-        took = time.monotonic() - started
-        parts = ", ".join(f"{name} {secs:.1f} s" for name, secs in session.timings.items())
-        say(f"[{session.target}] rolled back to {target} in {took:.1f} s ({parts})")
+        session.summary(f"rolled back to {target}", started)
     return target
 
 
