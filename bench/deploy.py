@@ -58,7 +58,8 @@ def main() -> None:
             print(f"first deploy (venv built)        {took:5.1f} s  {phases(out)}")
             page = f"curl -s -H 'Host: {HOST_HEADER}' http://127.0.0.1"
             host.run(f"{page}/task?seconds=20\\&id=bench")
-            time.sleep(1)
+            started = "/srv/bench/shared/var/tasks/bench.started"
+            host.run(f"for i in $(seq 60); do test -f {started} && break; sleep 0.5; done")
             with load_test(host, HOST_HEADER, seconds=15, concurrency=8) as load:
                 time.sleep(2)
                 took, out = run(tree, host, "deploy", "--release", tarballs["v2"])

@@ -91,6 +91,12 @@ def marker(host, task_id: str, timeout: float = 60) -> dict:
     raise AssertionError(f"task {task_id} never finished")
 
 
+def task_started(host, task_id: str) -> None:
+    """Wait until a worker has picked the task up (it marks its start)."""
+    path = f"/srv/{SLUG}/shared/var/tasks/{task_id}.started"
+    wait_for(lambda: host.run(f"test -f {path}", check=False).returncode == 0)
+
+
 def celery_masters(host) -> list[str]:
     """Main Celery worker processes (not their pool children)."""
     rows = host.run("ps -eo pid=,ppid=,args=").stdout.splitlines()
@@ -102,12 +108,32 @@ def celery_masters(host) -> list[str]:
     ]
 
 
+def wait_for(check, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
+
+
+def settled_celery(host) -> str:
+    """The pid of the one Celery worker, once a restart (old one out, new one in) is over."""
+    seen: list[str | None] = []
+
+    def settled() -> bool:
+        masters = celery_masters(host)
+        seen.append(masters[0].split()[0] if len(masters) == 1 else None)
+        return len(seen) >= 3 and seen[-1] is not None and seen[-1] == seen[-2] == seen[-3]
+
+    wait_for(settled)
+    return seen[-1]
+
+
 def test_first_deploy_serves_v1(tree, host, dist):
     result = deploy(tree, host, "deploy", "--release", str(build("v1", dist)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"deployed \d{8}T\d{6}Z-v1 in [\d.]+ s \(upload", result.stdout)
     assert page(host).startswith("sample v1 pid ")
-    assert len(celery_masters(host)) == 1
+    settled_celery(host)  # exactly one worker, once its restart is over
 
 
 def test_redeploying_the_same_tarball_reuses_the_virtualenv(tree, host, dist):
@@ -118,11 +144,13 @@ def test_redeploying_the_same_tarball_reuses_the_virtualenv(tree, host, dist):
 
 
 def test_status_restart_logs_and_stop_as_the_deploy_account(tree, host):
+    celery = settled_celery(host)  # the last deploy restarted it
     status = deploy(tree, host, "status")
     assert status.returncode == 0, status.stderr
     assert re.search(rf"^program\s+{SLUG}\s+RUNNING$", status.stdout, re.M), status.stdout
     assert status.stdout.count("uwsgi master") == 1 and status.stdout.count("uwsgi worker") == 4
     assert re.search(r"attached .*celery", status.stdout), status.stdout
+    assert f"celery    running, pid {celery}" in status.stdout
     assert "-> 200" in status.stdout and status.stdout.rstrip().endswith("status: up")
     with load_test(host, f"{SLUG}.example.com", seconds=6, concurrency=4) as load:
         time.sleep(1)
@@ -142,7 +170,7 @@ def app_processes(host) -> list[str]:
 
 def test_stop_waits_for_the_running_task_then_start_brings_the_app_back(tree, host):
     assert page(host, "/task?seconds=8&id=stopwait").startswith("queued stopwait by v1")
-    time.sleep(2)  # the worker has picked it up
+    task_started(host, "stopwait")
     stopped = deploy(tree, host, "stop")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     # Returned only once the task had finished; only the broker is left.
@@ -155,12 +183,12 @@ def test_stop_waits_for_the_running_task_then_start_brings_the_app_back(tree, ho
     started = deploy(tree, host, "start")
     assert started.returncode == 0, started.stdout + started.stderr
     assert page(host).startswith("sample v1 ")
-    assert len(celery_masters(host)) == 1
+    settled_celery(host)  # exactly one worker, once its restart is over
 
 
 def test_stop_now_kills_the_running_task_at_once(tree, host):
     assert page(host, "/task?seconds=300&id=killed").startswith("queued killed by v1")
-    time.sleep(2)
+    task_started(host, "killed")
     stopped = deploy(tree, host, "stop", "--now")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert "killed (--now)" in stopped.stdout
@@ -196,7 +224,7 @@ def test_run_and_shell_work_in_the_current_release_as_the_deploy_account(tree, h
 
 def test_deploy_under_load_drops_no_request_and_lets_the_running_task_finish(tree, host, dist):
     assert page(host, "/task?seconds=30&id=long").startswith("queued long by v1")
-    time.sleep(2)  # the worker has picked it up
+    task_started(host, "long")
     with load_test(host, f"{SLUG}.example.com", seconds=20, concurrency=8) as load:
         time.sleep(3)
         result = deploy(tree, host, "deploy", "--release", str(build("v2", dist)))
@@ -209,7 +237,7 @@ def test_deploy_under_load_drops_no_request_and_lets_the_running_task_finish(tre
     assert marker(host, "long")["version"] == "v1"
     page(host, "/task?seconds=1&id=after")
     assert marker(host, "after")["version"] == "v2"
-    assert len(celery_masters(host)) == 1
+    settled_celery(host)  # exactly one worker, once its restart is over
 
 
 @pytest.mark.parametrize(
@@ -353,26 +381,6 @@ def test_a_second_concurrent_deploy_is_refused_by_the_lock(tree, host, dist):
     assert page(host).startswith("sample v2 ")
 
 
-def wait_for(check, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.5)
-
-
-def settled_celery(host) -> str:
-    """The pid of the one Celery worker, once a restart (old one out, new one in) is over."""
-    seen: list[str | None] = []
-
-    def settled() -> bool:
-        masters = celery_masters(host)
-        seen.append(masters[0].split()[0] if len(masters) == 1 else None)
-        return len(seen) >= 3 and seen[-1] is not None and seen[-1] == seen[-2] == seen[-3]
-
-    wait_for(settled)
-    return seen[-1]
-
-
 def test_killed_processes_come_back(host):
     # The last reload restarted Celery (it starts again once the old one has exited).
     celery = settled_celery(host)
@@ -382,7 +390,7 @@ def test_killed_processes_come_back(host):
     host.run(f"kill -9 {master}")
     wait_for(lambda: page(host).startswith("sample v2 "))
     time.sleep(3)
-    assert len(celery_masters(host)) == 1
+    settled_celery(host)  # exactly one worker, once its restart is over
     supervisord = host.run("systemctl show -p MainPID --value supervisor").stdout.strip()
     host.run(f"kill -9 {supervisord}")
 
@@ -393,7 +401,7 @@ def test_killed_processes_come_back(host):
     wait_for(supervisor_back, timeout=30)
     time.sleep(3)
     # The old process tree did not survive next to the new one.
-    assert len(celery_masters(host)) == 1
+    settled_celery(host)  # exactly one worker, once its restart is over
     masters = host.run(f"pgrep -u {SLUG} -f 'uwsgi-core --ini' -P 1", check=False).stdout.split()
     assert masters == [], "an orphaned uWSGI master survived"
 
@@ -414,7 +422,7 @@ def test_release_with_root_options_in_its_ini_gets_no_root(tree, host, tmp_path)
     # After a full reload the Celery worker was restarted too: tasks run the new code.
     assert page(host, "/task?seconds=0&id=after-full").startswith("queued")
     assert marker(host, "after-full")["version"] == "v3"
-    assert len(celery_masters(host)) == 1
+    settled_celery(host)  # exactly one worker, once its restart is over
     assert host.run("ls /root/owned /root/owned2", check=False).returncode != 0
     rows = host.run("ps -eo user=,comm=").stdout.splitlines()
     app_procs = [row.split() for row in rows if row.split()[1] in ("uwsgi-core", "celery")]
@@ -451,4 +459,4 @@ def test_staged_release_activates_later_and_rollback_to_a_named_release(tree, ho
 def test_the_app_serves_again_after_a_reboot(host):
     host.reboot()
     wait_for(lambda: page(host).startswith("sample v3 "), timeout=60)
-    assert len(celery_masters(host)) == 1
+    settled_celery(host)  # exactly one worker, once its restart is over

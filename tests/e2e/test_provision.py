@@ -173,6 +173,13 @@ def test_drift_is_shown_by_check_and_repaired(host, tree):
     site = f"/etc/nginx/sites-available/{SLUG}"
     host.run(f"sed -i 's/client_max_body_size 20m/client_max_body_size 1g/' {site}")
     host.run(f"echo '# hand edit' >> /etc/sudoers.d/{SLUG}")
+    # A file an earlier version of the tree installed (its sudo rule is long gone).
+    retired = f"/etc/eep/{SLUG}/reload-wait"
+    host.run(f"install -m 755 /dev/null {retired}")
+    spec = f"root@127.0.0.1:{host.ssh_port}"
+    audit = tree.invoke("audit", "--host", spec, "--identity", str(host.key_path))
+    assert audit.returncode == 1
+    assert f"{retired} is left from an earlier version of this tree" in audit.stdout
     before = snapshot_state(host)
     check = tree.provision(host, "--check")
     assert check.returncode == 0, check.stdout + check.stderr
@@ -180,10 +187,13 @@ def test_drift_is_shown_by_check_and_repaired(host, tree):
     assert "-    client_max_body_size 1g;" in check.stdout
     assert "+    client_max_body_size 20m;" in check.stdout
     assert "-# hand edit" in check.stdout
+    assert f"would change file {retired}: removed" in check.stdout
     assert snapshot_state(host) == before
     fix = tree.provision(host)
     assert fix.returncode == 0
-    assert re.search(r"\] done: 3 changed", fix.stdout), fix.stdout  # site, sudoers, reload
+    # The site, sudoers, the retired file, nginx's reload.
+    assert re.search(r"\] done: 4 changed", fix.stdout), fix.stdout
+    assert host.run(f"test -e {retired}", check=False).returncode == 1
     assert "client_max_body_size 20m" in host.run(f"cat {site}").stdout
 
 

@@ -155,3 +155,19 @@ def test_output_into_a_closed_pipe_ends_quietly_and_the_work_goes_on(bake):
     )
     assert proc.stdout == "line 0\n"
     assert proc.stderr == "finished\n", proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("roles", "trigger_age", "expected"),
+    [
+        ([("attached", "celery -A app worker")], None, "running, pid 10 True"),
+        # The deploy's restart: the old worker has exited, the new one is not up yet.
+        ([("attached", "sleep 100")], 5, "restarting (asked 5 s ago by a deploy or restart) True"),
+        ([("attached", "sleep 100")], 600, "NOT RUNNING; see `invoke logs --process celery` False"),
+        ([("child", "celery -A app worker")], None, "NOT RUNNING; see"),
+    ],
+)
+def test_status_says_whether_the_celery_worker_runs(bake, roles, trigger_age, expected):
+    rows = [(role, str(10 + i), "00:00:01", "1 MiB", cmd) for i, (role, cmd) in enumerate(roles)]
+    code = f"from eep.control import celery_state\nprint(*celery_state({rows!r}, {trigger_age!r}))"
+    assert run_in_tree(bake().project_path, code).startswith(expected)

@@ -20,7 +20,7 @@ from eep import app
 from eep.accounts import group_members
 from eep.files import file_difference
 from eep.layout import DIRECTORIES
-from eep.manifest import HOST_FILES, host_file
+from eep.manifest import HOST_FILES, RETIRED_FILES, host_file
 from eep.nginx import ENABLED
 from eep.remote import Remote, Target, known_hosts_path
 from eep.report import say
@@ -193,7 +193,7 @@ class Audit:
 
     def drift(self) -> None:
         paths = [f.path for f in HOST_FILES]
-        self.remote.prefetch(paths, paths)
+        self.remote.prefetch(paths + RETIRED_FILES, paths)
         problems, unread = [], []
         for entry in HOST_FILES:
             content = self.remote.read(entry.path)
@@ -203,6 +203,11 @@ class Audit:
                 unread.append(entry.path)  # exists, but this account may not read it
             elif why := file_difference(self.remote, entry, content):
                 problems.append(f"{entry.path} differs from {entry.source} ({why})")
+        problems += [
+            f"{path} is left from an earlier version of this tree (provision removes it)"
+            for path in RETIRED_FILES
+            if self.remote.stat(path) is not None
+        ]
         # sshd also reads authorized_keys2: the tree's key file must be the only one.
         ssh_dir = f"/home/{app.DEPLOY_USER}/.ssh"
         extra = sorted(set(self.sh(f"ls -A {ssh_dir}").split()) - {"authorized_keys"})

@@ -19,6 +19,7 @@ from eep.deploy import (
     Session,
     log_size,
     reload_app,
+    say_celery_restarts,
     touch_trigger,
     wait_app_loaded,
 )
@@ -34,6 +35,11 @@ LOGS = {
     "nginx-error": f"{app.LOG_DIR}/nginx-error.log",
 }
 STOP_APP = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/stop-app"
+# After a deploy or restart touched the trigger, the Celery worker finishes its tasks,
+# exits, and the uWSGI master starts a new one: for this long, none running is expected.
+CELERY_RESTART_GRACE = 120
+# (role, pid, uptime, memory, command) of one process of the runtime user.
+Process = tuple[str, str, str, str, str]
 
 
 def _short(command: str) -> str:
@@ -44,8 +50,8 @@ def _short(command: str) -> str:
     return " ".join([parts[0].rsplit("/", 1)[-1], *parts[1:]])[:70]
 
 
-def _processes(session: Session) -> list[tuple[str, str, str, str, str]]:
-    """(role, pid, uptime, memory, command) of every process of the runtime user."""
+def _processes(session: Session) -> list[Process]:
+    """Every process of the runtime user."""
     master = session.remote.run(f"cat {app.RUN_DIR}/uwsgi/uwsgi.pid", check=False).stdout.strip()
     rows = session.remote.run(
         f"ps -u {app.RUNTIME_USER} -o stat=,pid=,ppid=,etimes=,rss=,args="
@@ -70,6 +76,20 @@ def _processes(session: Session) -> list[tuple[str, str, str, str, str]]:
     return found
 
 
+def celery_state(processes: list[Process], trigger_age: float | None) -> tuple[str, bool]:
+    """What `status` says about the Celery worker, and whether that is healthy.
+
+    `trigger_age`: seconds since a deploy or restart asked the worker to restart (None:
+    never). Between the old worker's exit and the new one's start there is none.
+    """
+    pids = [row[1] for row in processes if row[0] == "attached" and row[4].startswith("celery")]
+    if pids:
+        return f"running, pid {' '.join(pids)}", True
+    if trigger_age is not None and 0 <= trigger_age < CELERY_RESTART_GRACE:
+        return f"restarting (asked {trigger_age:.0f} s ago by a deploy or restart)", True
+    return "NOT RUNNING; see `invoke logs --process celery`", False
+
+
 def status(spec: str, *, identity: str = "") -> bool:
     """Print one table of the app's state; return False when something is down."""
     with Session(spec, identity) as session:
@@ -81,6 +101,10 @@ def status(spec: str, *, identity: str = "") -> bool:
         socket = session.remote.run(f"stat -c '%A %U:%G' {app.SOCKET}", check=False).stdout
         answer = session.http_status("/health")
         processes = _processes(session)
+        ages = session.remote.run(
+            f"date +%s; stat -c %Y {app.DEPLOY_TRIGGER}", check=False
+        ).stdout.split()
+        trigger_age = int(ages[0]) - int(ages[1]) if len(ages) == 2 else None
     for program, state in states.items():
         say(f"program   {program:<24} {state}")
     for role, pid, uptime, memory, command in processes:
@@ -90,6 +114,10 @@ def status(spec: str, *, identity: str = "") -> bool:
     say(f"socket    {app.SOCKET} {socket.strip() or 'MISSING'}")
     say(f"nginx     GET /health on {app.DOMAINS[0]} -> {answer or 'no answer'}")
     healthy = all(s == "RUNNING" for s in states.values()) and 0 < answer < 500
+    if app.USE_CELERY:
+        celery, celery_ok = celery_state(processes, trigger_age)
+        say(f"celery    {celery}")
+        healthy = healthy and celery_ok
     say("status: " + ("up" if healthy else "DOWN"))
     return healthy
 
@@ -102,6 +130,7 @@ def restart(spec: str, *, identity: str = "", mode: str = "chain") -> None:
             touch_trigger(session)  # Celery restarts too (a full reload touches it after)
         with session.step("reload", mode):
             reload_app(session, mode, offset)
+        say_celery_restarts(session)
 
 
 def _leftovers(session: Session) -> list[str]:

@@ -177,11 +177,17 @@ def reload_app(session: Session, mode: str, offset: int) -> None:
         # that, so the old worker takes no task once this command has returned.
         touch_trigger(session)
         time.sleep(1.2)
-        return
-    result = session.remote.run(f"{RELOAD} {shlex.quote(mode)}", check=False)
-    if result.exited != 0:
-        lines = result.stderr.strip().splitlines() or [f"reload failed (exit {result.exited})"]
-        raise HostError(lines[-1].removeprefix("error: "))
+    else:
+        result = session.remote.run(f"{RELOAD} {shlex.quote(mode)}", check=False)
+        if result.exited != 0:
+            lines = result.stderr.strip().splitlines() or [f"reload failed (exit {result.exited})"]
+            raise HostError(lines[-1].removeprefix("error: "))
+
+
+def say_celery_restarts(session: Session) -> None:
+    """The trigger was touched: the worker restarts in the background, not before this returns."""
+    if app.USE_CELERY:
+        session.say("", "the Celery worker restarts once its running tasks are done")
 
 
 def _activate(session: Session, command: list[str], mode: str, *, undo: bool = True) -> str:
@@ -212,6 +218,7 @@ def _activate(session: Session, command: list[str], mode: str, *, undo: bool = T
         raise HostError(
             f"{release_id} failed after activation ({error}); {previous} serves again"
         ) from None
+    say_celery_restarts(session)
     return release_id
 
 

@@ -81,3 +81,17 @@ def ensure_file(
         raise
     remote.run(f"mv -f {shlex.quote(temp)} {shlex.quote(host_file.path)}")
     return True
+
+
+def ensure_absent(remote: Remote, report: Report, path: str) -> bool:
+    """Remove a file this tree no longer installs (never a directory)."""
+    have = remote.stat(path)
+    step = f"file {path}"
+    if have is None:
+        report.unchanged(step)
+        return False
+    if have[0] == "directory":
+        raise HostError(f"{path} is a directory; this tree only ever installed a file there")
+    if report.change(step, "removed: this tree no longer installs it"):
+        remote.run(f"rm -f {shlex.quote(path)}")
+    return True

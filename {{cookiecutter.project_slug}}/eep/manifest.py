@@ -50,6 +50,12 @@ HOST_FILES = [
 if app.USE_CELERY:
     HOST_FILES.append(HostFile("config/redis.conf", f"{app.CONF_DIR}/redis.conf"))
 
+# What earlier versions of this tree installed and this one no longer does: provisioning
+# removes them, so a host holds only what a reviewer can read here.
+RETIRED_FILES = [
+    f"{app.CONF_DIR}/reload-wait",  # replaced by config/reload.py
+]
+
 
 def host_file(source: str) -> HostFile:
     """The entry of HOST_FILES for a file of this tree."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from eep.accounts import ensure_accounts
+from eep.files import ensure_absent
 from eep.layout import DIRECTORIES, RUN_DIRECTORIES, ensure_layout, ensure_run_dirs
-from eep.manifest import HOST_FILES
+from eep.manifest import HOST_FILES, RETIRED_FILES
 from eep.nginx import LOG_FILES, ensure_site
 from eep.packages import check_system, ensure_packages, ensure_services
 from eep.remote import HostError, Remote, Target
@@ -24,12 +25,15 @@ def provision_host(remote: Remote, report: Report) -> None:
     # One round trip reads every managed path; the steps below answer from it.
     files = [host_file.path for host_file in HOST_FILES]
     dirs = [entry[0] for entry in DIRECTORIES] + [entry[0] for entry in RUN_DIRECTORIES]
-    remote.prefetch(files + dirs + LOG_FILES + [SERVICE_DROP_IN_DIR], files)
+    stats = files + dirs + LOG_FILES + RETIRED_FILES + [SERVICE_DROP_IN_DIR]
+    remote.prefetch(stats, files)
     nginx_groups_changed = ensure_accounts(remote, report)
     ensure_layout(remote, report)
     ensure_run_dirs(remote, report)
     uwsgi_changed, broker_changed = ensure_uwsgi_files(remote, report)
     ensure_sudoers(remote, report)
+    for path in RETIRED_FILES:
+        ensure_absent(remote, report, path)
     ensure_service_settings(remote, report)
     ensure_programs(remote, report, uwsgi_changed=uwsgi_changed, broker_changed=broker_changed)
     ensure_site(remote, report, reload=nginx_groups_changed)
