@@ -164,6 +164,28 @@ def test_status_restart_logs_and_stop_as_the_deploy_account(tree, host):
     assert nginx.returncode == 0 and '"GET / HTTP/1.1" 200' in nginx.stdout, nginx.stdout
 
 
+def test_full_restart_rereads_the_ini_under_load_and_keeps_the_master(tree, host):
+    master = host.run(f"cat /run/{SLUG}/uwsgi/uwsgi.pid").stdout.strip()
+    workers = set(host.run(f"pgrep -P {master} -f 'uwsgi-core --ini'").stdout.split())
+
+    def starts() -> int:
+        log = f"/var/log/{SLUG}/uwsgi.log"
+        return int(host.run(f"grep -c 'Starting uWSGI' {log}", check=False).stdout)
+
+    started = starts()
+    with load_test(host, f"{SLUG}.example.com", seconds=6, concurrency=4) as load:
+        time.sleep(1)
+        restarted = deploy(tree, host, "restart", "--reload", "full")
+    assert restarted.returncode == 0, restarted.stderr
+    assert re.search(r"\] reload +[\d.]+ s  full$", restarted.stdout, re.M), restarted.stdout
+    assert load.stats["failed"] == 0, load.stats
+    # The same master re-executed itself (its socket stayed open); every worker is new.
+    assert host.run(f"cat /run/{SLUG}/uwsgi/uwsgi.pid").stdout.strip() == master
+    now = set(host.run(f"pgrep -P {master} -f 'uwsgi-core --ini'").stdout.split())
+    assert len(now) == 4 and not now & workers
+    assert starts() == started + 1  # the master started over: it read its ini again
+
+
 def app_processes(host) -> list[str]:
     return host.run(f"ps -u {SLUG} -o comm=").stdout.split()
 

@@ -65,13 +65,12 @@ def test_sudoers_allows_only_literal_supervisorctl_verbs_for_this_app(bake):
         f"{ctl} status shop",
         f"{ctl} start shop",
         f"{ctl} stop shop",
-        f"{ctl} restart shop",
-        f"{ctl} signal HUP shop",
         f"{ctl} status shop-redis",
         "/etc/eep/shop/stop-app warm",
         "/etc/eep/shop/stop-app now",
         "/etc/eep/shop/reload chain",
         "/etc/eep/shop/reload all",
+        "/etc/eep/shop/reload full",
     ]
     assert all(line.startswith(("#", "shop-deploy ", "    ")) for line in text.splitlines())
     # The one rule that is not a supervisorctl verb runs as the app user, never as root.

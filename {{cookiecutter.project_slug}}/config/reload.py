@@ -10,6 +10,8 @@ workers or read the uWSGI master's stats socket):
     reload all     every worker at once: each finishes its request, then all load the
                    app together while new requests wait in the socket's backlog;
                    takes about one app load (a pause of that length).
+    reload full    the master too (SIGHUP to it): it re-reads its ini, e.g. a release's
+                   changed uwsgi.ini; otherwise like `all`. The socket stays open.
 
 A worker is told to go with SIGHUP: it finishes its request and exits, and the master
 starts a new one, which loads the app from `current`. Only a worker that accepts
@@ -19,6 +21,10 @@ own chain/workers reload does not wait for that and then stalls for worker-reloa
 (60 s; measured). A worker still there and idle a second after its signal gets another.
 The stats socket is read every 50 ms; each read also wakes the master, which would
 otherwise notice an exited worker only about once a second.
+
+The master's own graceful reload (`full`) signals its workers only once, so the script
+first waits until every worker accepts, and signals again any old worker still alive a
+second later.
 
 Exit 0 when every worker is a new process that accepts requests; 1 with one line when a
 new worker accepts without the app (its import failed) or on timeout.
@@ -33,6 +39,7 @@ import time
 
 STATS = "{{ cookiecutter.__run_dir }}/uwsgi/stats.sock"
 LOG = "{{ cookiecutter.__log_dir }}/uwsgi.log"
+MASTER_PIDFILE = "{{ cookiecutter.__run_dir }}/uwsgi/uwsgi.pid"
 TIMEOUT = 300
 RESEND = 1.0
 
@@ -53,26 +60,67 @@ def fail(message: str) -> int:
     return 1
 
 
-def reload(at_once: int) -> int:
-    """Replace every worker, at most `at_once` of them out of service at a time."""
+def alive(pid: int) -> bool:
+    """Whether `pid` still runs (an exited worker not yet reaped by the master does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def hup(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        pass  # it has just exited (e.g. max-requests): the master replaces it anyway
+
+
+def reload(at_once: int, master: bool = False) -> int:
+    """Replace every worker, at most `at_once` of them out of service at a time; with
+    `master`, SIGHUP the master instead (it signals every worker and re-reads its ini)."""
     try:
         old = {w["pid"] for w in workers() if w["pid"] > 0}
     except (OSError, ValueError) as error:
         return fail(f"uWSGI is not running or not answering ({error})")
     signalled: dict[int, float] = {}  # old pid -> when it was last told to go
     deadline = time.monotonic() + TIMEOUT
+    if master:
+        # A worker still loading the app would ignore the master's one signal: wait a
+        # little until all accept (one that still ignores it gets another one below).
+        settle = time.monotonic() + 30
+        while time.monotonic() < settle:
+            try:
+                now = workers()
+            except (OSError, ValueError):
+                now = []
+            if now and all(w["pid"] > 0 and w["accepting"] for w in now):
+                old = {w["pid"] for w in now}
+                break
+            time.sleep(0.05)
+        with open(MASTER_PIDFILE) as pidfile:
+            os.kill(int(pidfile.read()), signal.SIGHUP)
+        signalled = dict.fromkeys(old, time.monotonic())
     while time.monotonic() < deadline:
+        if master:  # a worker that ignored the master's signal gets another one
+            for pid, when in signalled.items():
+                if time.monotonic() - when >= RESEND and alive(pid):
+                    hup(pid)
+                    signalled[pid] = time.monotonic()
         try:
             now = workers()
         except (OSError, ValueError):
             time.sleep(0.05)
-            continue  # the master is busy respawning: ask again
+            continue  # the master is busy respawning or re-reading its ini: ask again
         ready = [w for w in now if w["pid"] > 0 and w["pid"] not in old and w["accepting"]]
         for worker in ready:
             if not worker["apps"]:
                 return fail(f"uWSGI could not load the app (worker {worker['id']}); see {LOG}")
-        if len(ready) == len(now):
+        if now and len(ready) == len(now):
             return 0
+        if master:
+            time.sleep(0.05)
+            continue
         # Out of service: told to go and not gone yet, or new and not accepting yet.
         loading = [w for w in now if w["pid"] not in old and w not in ready]
         out = len(loading) + sum(1 for w in now if w["pid"] in signalled)
@@ -83,10 +131,7 @@ def reload(at_once: int) -> int:
                     continue
             elif worker["status"] != "idle" or time.monotonic() - when < RESEND:
                 continue
-            try:
-                os.kill(pid, signal.SIGHUP)
-            except ProcessLookupError:
-                pass  # it has just exited (max-requests): the master replaces it anyway
+            hup(pid)
             if when is None:
                 out += 1
             signalled[pid] = time.monotonic()
@@ -95,10 +140,10 @@ def reload(at_once: int) -> int:
 
 
 def main() -> int:
-    modes = {"chain": 1, "all": 1_000_000}
+    modes = {"chain": 1, "all": 1_000_000, "full": 1_000_000}
     if len(sys.argv) != 2 or sys.argv[1] not in modes:
         return fail(f"usage: reload {'|'.join(modes)}")
-    return reload(modes[sys.argv[1]])
+    return reload(modes[sys.argv[1]], master=sys.argv[1] == "full")
 
 
 sys.exit(main())

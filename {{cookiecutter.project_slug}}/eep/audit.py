@@ -253,12 +253,11 @@ class Audit:
 
 def _unexpected_rules(listing: str) -> list[str]:
     """Problems in a `sudo -l` listing of the deploy account: any rule but the literal ones."""
-    expected = {f"{CTL_RULE} {verb} {app.SLUG}" for verb in ("status", "start", "stop", "restart")}
-    expected.add(f"{CTL_RULE} signal HUP {app.SLUG}")
+    expected = {f"{CTL_RULE} {verb} {app.SLUG}" for verb in ("status", "start", "stop")}
     if app.USE_CELERY:
         expected.add(f"{CTL_RULE} status {app.SLUG}-redis")
     expected |= {f"{app.CONF_DIR}/stop-app warm", f"{app.CONF_DIR}/stop-app now"}
-    expected |= {f"{app.CONF_DIR}/reload chain", f"{app.CONF_DIR}/reload all"}
+    expected |= {f"{app.CONF_DIR}/reload {mode}" for mode in ("chain", "all", "full")}
     rules = listing.split("may run the following commands", 1)[-1]
     rules = re.sub(r",\s*\n\s*", ", ", rules)
     found = set()

@@ -125,11 +125,10 @@ def status(spec: str, *, identity: str = "") -> bool:
 def restart(spec: str, *, identity: str = "", mode: str = "chain") -> None:
     """Graceful reload ("chain", "all" or "full"); Celery finishes its task first."""
     with Session(spec, identity) as session:
-        offset = log_size(session) if mode == "full" else 0
         if mode != "full":
             touch_trigger(session)  # Celery restarts too (a full reload touches it after)
         with session.step("reload", mode):
-            reload_app(session, mode, offset)
+            reload_app(session, mode)
         say_celery_restarts(session)
 
 

@@ -162,26 +162,22 @@ def touch_trigger(session: Session) -> None:
     session.remote.run(f"date -u +%FT%TZ > {app.DEPLOY_TRIGGER}")
 
 
-def reload_app(session: Session, mode: str, offset: int) -> None:
-    """Reload gracefully and wait until the app serves again from `current`.
+def reload_app(session: Session, mode: str) -> None:
+    """Reload gracefully and wait until every web worker serves from `current`.
 
-    "chain" / "all": the web workers only, one at a time or all at once (config/reload.py).
-    "full": SIGHUP, the uWSGI master re-reads its ini too; `offset` is the byte size of
-    uWSGI's log before, so only what it logs after counts.
+    "chain" / "all": the web workers only, one at a time or all at once; "full": the
+    uWSGI master too, which re-reads its ini (config/reload.py does all three).
     """
+    result = session.remote.run(f"{RELOAD} {shlex.quote(mode)}", check=False)
+    if result.exited != 0:
+        lines = result.stderr.strip().splitlines() or [f"reload failed (exit {result.exited})"]
+        raise HostError(lines[-1].removeprefix("error: "))
     if mode == "full":
-        session.remote.run(f"{CTL} signal HUP {app.SLUG}")
-        wait_app_loaded(session, offset)
         # The new master adopted the old Celery worker by its pidfile: renew it. The
         # master looks at touch files once per loop, at least once a second; wait for
         # that, so the old worker takes no task once this command has returned.
         touch_trigger(session)
         time.sleep(1.2)
-    else:
-        result = session.remote.run(f"{RELOAD} {shlex.quote(mode)}", check=False)
-        if result.exited != 0:
-            lines = result.stderr.strip().splitlines() or [f"reload failed (exit {result.exited})"]
-            raise HostError(lines[-1].removeprefix("error: "))
 
 
 def say_celery_restarts(session: Session) -> None:
@@ -194,13 +190,13 @@ def _activate(session: Session, command: list[str], mode: str, *, undo: bool = T
     """Switch `current` (the agent's `activate` or `rollback`), reload; if the app then
     fails, go back to the release that served before. Returns the activated release."""
     with session.step("activate") as details:
-        result = session.agent(*command, "--trigger", app.DEPLOY_TRIGGER, "--log", UWSGI_LOG)
+        result = session.agent(*command, "--trigger", app.DEPLOY_TRIGGER)
         details.append(result["current"])
     release_id = result["current"]
     kind = mode if result["reload"] == "workers" else "full"
     try:
         with session.step("reload", kind):
-            reload_app(session, kind, result["log_size"])
+            reload_app(session, kind)
             deadline = time.monotonic() + 60
             while (status := session.http_status()) >= 500 or status == 0:
                 if time.monotonic() > deadline:

@@ -198,15 +198,11 @@ def ready(release_id: str) -> dict:
 # -- activation -------------------------------------------------------------------------
 
 
-def activate(release_id: str, trigger: str, log: str) -> dict:
+def activate(release_id: str, trigger: str) -> dict:
     """Point `current` at the release (atomic rename) and say how the app must reload."""
     release = release_dir(release_id)
     if not (release / ".eep" / "ready").exists():
         raise ReleaseError(f"release {release_id} is not ready (failed or still building)")
-    try:  # where uWSGI's log stands before the reload: what it logs next is about it
-        log_size = os.stat(log).st_size
-    except FileNotFoundError:
-        log_size = 0
     previous = current_id()
     new_link = ROOT / ".current-new"
     if new_link.is_symlink():
@@ -225,7 +221,7 @@ def activate(release_id: str, trigger: str, log: str) -> dict:
         # their stop signal, finish their task and start again from the new release.
         # After a full reload the caller touches it once the new master runs.
         Path(trigger).write_text(release_id + "\n")
-    return {"previous": previous, "current": release_id, "reload": reload, "log_size": log_size}
+    return {"previous": previous, "current": release_id, "reload": reload}
 
 
 def rollback_target(to: str) -> str:
@@ -336,7 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("ready").add_argument("release_id")
     for name in ("activate", "rollback"):
         sub.add_parser(name).add_argument("--trigger", required=True)
-        sub.choices[name].add_argument("--log", required=True)
     sub.choices["activate"].add_argument("release_id")
     sub.choices["rollback"].add_argument("--to", default="")
     sub.add_parser("list")
@@ -355,8 +350,8 @@ def dispatch(args: argparse.Namespace) -> dict:
         "smoke": lambda: smoke(args.release_id, args.wsgi_module),
         "steps": lambda: run_steps(args.release_id),
         "ready": lambda: ready(args.release_id),
-        "activate": lambda: activate(args.release_id, args.trigger, args.log),
-        "rollback": lambda: activate(rollback_target(args.to), args.trigger, args.log),
+        "activate": lambda: activate(args.release_id, args.trigger),
+        "rollback": lambda: activate(rollback_target(args.to), args.trigger),
         "list": lambda: {"releases": list_releases()},
         "cleanup": lambda: cleanup(args.keep),
         "http-status": lambda: http_status(args.path, args.host),
