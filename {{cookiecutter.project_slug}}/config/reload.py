@@ -42,6 +42,7 @@ LOG = "{{ cookiecutter.__log_dir }}/uwsgi.log"
 MASTER_PIDFILE = "{{ cookiecutter.__run_dir }}/uwsgi/uwsgi.pid"
 TIMEOUT = 300
 RESEND = 1.0
+AT_ONCE = {"chain": 1, "all": sys.maxsize}  # workers out of service at a time
 
 
 def workers() -> list[dict]:
@@ -60,6 +61,27 @@ def fail(message: str) -> int:
     return 1
 
 
+class Failed(Exception):
+    """The reload cannot succeed; the message is the one line the caller gets."""
+
+
+def current() -> list[dict]:
+    """workers(), or [] while the master is busy (respawning, re-reading its ini)."""
+    try:
+        return workers()
+    except (OSError, ValueError):
+        return []
+
+
+def replaced(now: list[dict], old: set[int]) -> bool:
+    """Whether every worker is a new process that accepts requests (with the app)."""
+    ready = [w for w in now if w["pid"] > 0 and w["pid"] not in old and w["accepting"]]
+    for worker in ready:
+        if not worker["apps"]:
+            raise Failed(f"uWSGI could not load the app (worker {worker['id']}); see {LOG}")
+    return bool(now) and len(ready) == len(now)
+
+
 def alive(pid: int) -> bool:
     """Whether `pid` still runs (an exited worker not yet reaped by the master does not)."""
     try:
@@ -76,53 +98,15 @@ def hup(pid: int) -> None:
         pass  # it has just exited (e.g. max-requests): the master replaces it anyway
 
 
-def reload(at_once: int, master: bool = False) -> int:
-    """Replace every worker, at most `at_once` of them out of service at a time; with
-    `master`, SIGHUP the master instead (it signals every worker and re-reads its ini)."""
-    try:
-        old = {w["pid"] for w in workers() if w["pid"] > 0}
-    except (OSError, ValueError) as error:
-        return fail(f"uWSGI is not running or not answering ({error})")
+def reload_workers(old: set[int], at_once: int, deadline: float) -> bool:
+    """Replace every worker, at most `at_once` of them out of service at a time."""
     signalled: dict[int, float] = {}  # old pid -> when it was last told to go
-    deadline = time.monotonic() + TIMEOUT
-    if master:
-        # A worker still loading the app would ignore the master's one signal: wait a
-        # little until all accept (one that still ignores it gets another one below).
-        settle = time.monotonic() + 30
-        while time.monotonic() < settle:
-            try:
-                now = workers()
-            except (OSError, ValueError):
-                now = []
-            if now and all(w["pid"] > 0 and w["accepting"] for w in now):
-                old = {w["pid"] for w in now}
-                break
-            time.sleep(0.05)
-        with open(MASTER_PIDFILE) as pidfile:
-            os.kill(int(pidfile.read()), signal.SIGHUP)
-        signalled = dict.fromkeys(old, time.monotonic())
     while time.monotonic() < deadline:
-        if master:  # a worker that ignored the master's signal gets another one
-            for pid, when in signalled.items():
-                if time.monotonic() - when >= RESEND and alive(pid):
-                    hup(pid)
-                    signalled[pid] = time.monotonic()
-        try:
-            now = workers()
-        except (OSError, ValueError):
-            time.sleep(0.05)
-            continue  # the master is busy respawning or re-reading its ini: ask again
-        ready = [w for w in now if w["pid"] > 0 and w["pid"] not in old and w["accepting"]]
-        for worker in ready:
-            if not worker["apps"]:
-                return fail(f"uWSGI could not load the app (worker {worker['id']}); see {LOG}")
-        if now and len(ready) == len(now):
-            return 0
-        if master:
-            time.sleep(0.05)
-            continue
+        now = current()
+        if replaced(now, old):
+            return True
         # Out of service: told to go and not gone yet, or new and not accepting yet.
-        loading = [w for w in now if w["pid"] not in old and w not in ready]
+        loading = [w for w in now if w["pid"] not in old and not (w["pid"] > 0 and w["accepting"])]
         out = len(loading) + sum(1 for w in now if w["pid"] in signalled)
         for worker in sorted((w for w in now if w["pid"] in old), key=lambda w: w["id"]):
             pid, when = worker["pid"], signalled.get(worker["pid"])
@@ -136,14 +120,51 @@ def reload(at_once: int, master: bool = False) -> int:
                 out += 1
             signalled[pid] = time.monotonic()
         time.sleep(0.05)
-    return fail(f"the workers were not all replaced in {TIMEOUT} s; see {LOG}")
+    return False
+
+
+def reload_master(old: set[int], deadline: float) -> bool:
+    """SIGHUP the master: it signals every worker once and re-reads its ini."""
+    # A worker still loading the app would ignore the master's one signal: wait a
+    # little until all accept (one that still ignores it gets another one below).
+    settle = time.monotonic() + 30
+    while time.monotonic() < settle:
+        now = current()
+        if now and all(w["pid"] > 0 and w["accepting"] for w in now):
+            old = {w["pid"] for w in now}
+            break
+        time.sleep(0.05)
+    with open(MASTER_PIDFILE) as pidfile:
+        os.kill(int(pidfile.read()), signal.SIGHUP)
+    signalled = dict.fromkeys(old, time.monotonic())
+    while time.monotonic() < deadline:
+        for pid, when in signalled.items():
+            if time.monotonic() - when >= RESEND and alive(pid):
+                hup(pid)
+                signalled[pid] = time.monotonic()
+        if replaced(current(), old):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def main() -> int:
-    modes = {"chain": 1, "all": 1_000_000, "full": 1_000_000}
+    modes = (*AT_ONCE, "full")
     if len(sys.argv) != 2 or sys.argv[1] not in modes:
         return fail(f"usage: reload {'|'.join(modes)}")
-    return reload(modes[sys.argv[1]], master=sys.argv[1] == "full")
+    try:
+        old = {w["pid"] for w in workers() if w["pid"] > 0}
+    except (OSError, ValueError) as error:
+        return fail(f"uWSGI is not running or not answering ({error})")
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        if sys.argv[1] == "full":
+            done = reload_master(old, deadline)
+        else:
+            done = reload_workers(old, AT_ONCE[sys.argv[1]], deadline)
+    except Failed as error:
+        return fail(str(error))
+    return 0 if done else fail(f"the workers were not all replaced in {TIMEOUT} s; see {LOG}")
 
 
 sys.exit(main())

@@ -28,7 +28,7 @@ AGENT_DIR = f"{app.APP_ROOT}/.eep"
 HERE = Path(__file__).resolve().parent
 CTL = "sudo -n /usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
 UWSGI_LOG = f"{app.LOG_DIR}/uwsgi.log"
-# Reloads the web workers as the app user ("chain" or "all"; see config/reload.py).
+# Reloads the app as the app user ("chain", "all" or "full"; see config/reload.py).
 RELOAD = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/reload"
 AGENT_FILES = ("releases.py", "tarball.py")
 SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
