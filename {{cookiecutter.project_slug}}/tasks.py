@@ -7,6 +7,9 @@ from invoke import Collection, Exit, task
 
 
 def _hosts(c, given: str, setting: str) -> list[str]:
+    from eep.remote import use_known_hosts
+
+    use_known_hosts(c.config.eep.get("known_hosts") or "known_hosts")
     hosts = [h.strip() for h in given.split(",") if h.strip()] or c.config.eep[setting]
     if not hosts:
         raise Exit(f"error: no host: pass --host or set eep.{setting} in invoke.yaml", code=1)

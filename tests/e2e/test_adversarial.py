@@ -11,8 +11,9 @@ One host, two apps: `shop` (the sample app with Celery, v1 served through nginx)
 or as blog's, against shop. It tries one attack, checks the precise refusal (sudo's
 message, "Permission denied", "Operation not permitted", a file's checksum unchanged),
 then checks that both apps still serve v1 and that no supervisor program was stopped
-or restarted. Malicious tarballs and root options in a release's uwsgi.ini are covered
-by test_deploy.py; the last test here adds the socket and plugin options.
+or restarted. Malicious tarballs and options a release's uwsgi.ini may not set are
+refused by test_deploy.py; the last test here plants socket, plugin and root options
+past that check, as a developer can, and shows they still give nothing.
 """
 
 from __future__ import annotations
@@ -420,11 +421,21 @@ def test_release_ini_cannot_open_the_socket_or_load_a_plugin_as_root(trees, host
     tree = trees[SHOP]
     ini = (tree.path / "uwsgi.ini").read_bytes() + HOSTILE_INI
     junk = b"\x7fELF not really a plugin\n" * 64
-    release = build("v2", dist, **{"uwsgi.ini": ini, "plugins/evil_plugin.so": junk})
+    hostile = build("v2", dist, **{"uwsgi.ini": ini, "plugins/evil_plugin.so": junk})
+    # `invoke deploy` refuses options a release does not own, naming the first one.
+    refused = deploy(tree, host, "deploy", "--release", str(hostile))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "uwsgi.ini: option 'chown-socket' is not allowed" in refused.stderr
+    # A developer can still bypass that check: the release files on the host are theirs.
+    release = build("v2", dist, **{"plugins/evil_plugin.so": junk})
+    staged = deploy(tree, host, "deploy", "--release", str(release), "--stage")
+    assert staged.returncode == 0, staged.stdout + staged.stderr
+    release_id = re.search(r"staged (\S+-v2)", staged.stdout).group(1)
+    host.run(f"cat >> /srv/{SHOP}/releases/{release_id}/uwsgi.ini", input=HOSTILE_INI.decode())
     root_before = host.run("ls -A /root").stdout
     log_offset = int(host.run(f"stat -c %s /var/log/{SHOP}/uwsgi.log").stdout)
 
-    result = deploy(tree, host, "deploy", "--release", str(release))
+    result = deploy(tree, host, "activate", release_id)
 
     # What happens: uWSGI (started as the app user) ignores the root options, keeps the
     # socket supervisord made, cannot load the junk plugin, and serves the release.

@@ -237,3 +237,54 @@ def test_a_host_key_known_only_outside_the_tree_fails_the_audit(tree, host, tmp_
     assert result.returncode == 1, result.stdout + result.stderr
     assert verdicts(result.stdout)[HOST_KEY] == "FAIL"
     assert not Path(copy.path / "known_hosts").exists(), "the audit must not record host keys"
+
+
+def invoke_with_home(tree_path: Path, home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=tree_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HOME": str(home)},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_a_host_reached_through_an_ssh_config_alias_is_pinned_under_its_address(
+    tree, host, tmp_path
+):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host shopserver\n  HostName 127.0.0.1\n  Port {host.ssh_port}\n"
+        f"  IdentityFile {host.key_path}\n"
+    )
+    result = invoke_with_home(tree.path, home, "audit", "--host", "root@shopserver")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert verdicts(result.stdout)[HOST_KEY] == "PASS"
+
+
+def test_the_known_hosts_setting_of_invoke_yaml_is_the_file_used(tree, host, tmp_path):
+    copy = tree.copy(tmp_path / "tree")
+    (copy.path / "known_hosts").rename(copy.path / "pinned_hosts")
+    yaml = copy.path / "invoke.yaml"
+    yaml.write_text(
+        yaml.read_text().replace("known_hosts: known_hosts", "known_hosts: pinned_hosts")
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    spec = f"root@127.0.0.1:{host.ssh_port}"
+    result = invoke_with_home(
+        copy.path, home, "audit", "--host", spec, "--identity", str(host.key_path)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert verdicts(result.stdout)[HOST_KEY] == "PASS"
+    # Without the setting, the same host's key is unknown: the connection is refused.
+    yaml.write_text(
+        yaml.read_text().replace("known_hosts: pinned_hosts", "known_hosts: known_hosts")
+    )
+    refused = invoke_with_home(
+        copy.path, home, "audit", "--host", spec, "--identity", str(host.key_path)
+    )
+    assert refused.returncode == 1 and "unknown host key" in refused.stderr, refused.stderr

@@ -375,6 +375,135 @@ def test_a_release_that_fails_only_under_uwsgi_is_rolled_back_at_once(tree, host
     assert all(page(host).startswith("sample v2 ") for _ in range(12))
 
 
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ("uid = root\ngid = root\n", "option 'uid' is not allowed"),
+        ("chown-socket = root:root\n", "option 'chown-socket' is not allowed"),
+        ("logto = /var/log/uwsgi-root.log\n", "option 'logto' is not allowed"),
+        ("plugins = router_basicauth\n", "option 'plugins' is not allowed"),
+        ("hook-pre-app = exec:false\n", "option 'hook-pre-app' is not allowed"),
+        ("need-app = true\n", "option 'need-app' is not allowed"),
+        ("attach-daemon2 = uid=root,cmd=sleep 9\n", "attach-daemon2 key 'uid' is not allowed"),
+        ("env = KEY=@(/etc/shadow)\n", "env: @(...) and $(...) are not allowed"),
+    ],
+    ids=["identity", "socket", "log", "plugin", "hook", "need-app", "daemon-uid", "file-read"],
+)
+def test_uwsgi_ini_options_a_release_does_not_own_are_refused(tree, host, tmp_path, extra, named):
+    ini = (tree.path / "uwsgi.ini").read_text() + extra
+    tarball = build("f-ini", tmp_path, **{"uwsgi.ini": ini.encode()})
+    before = snapshot_state(host)
+    result = deploy(tree, host, "deploy", "--release", str(tarball))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and named in result.stderr, result.stderr
+    assert snapshot_state(host) == before
+    assert page(host).startswith("sample v2 ")
+
+
+def test_the_host_refuses_such_an_ini_on_its_own(host):
+    # A developer may bypass the local check: the release agent checks again on the host.
+    bad = f"/srv/{SLUG}/releases/zz-bad"
+    as_deploy = f"runuser -u {SLUG}-deploy --"
+    host.run(f"{as_deploy} mkdir {bad}")
+    host.run(f"{as_deploy} tee {bad}/uwsgi.ini", input="[uwsgi]\nuid = root\n")
+    try:
+        checked = host.run(
+            f"{as_deploy} python3 /srv/{SLUG}/.eep/releases.py --root /srv/{SLUG} ini zz-bad",
+            check=False,
+        )
+    finally:
+        host.run(f"rm -rf {bad}")
+    assert checked.returncode == 1
+    assert checked.stderr.startswith("error: uwsgi.ini: option 'uid' is not allowed: set by eep")
+    assert checked.stderr.count("\n") == 1
+
+
+def test_requirements_reaching_outside_the_release_are_refused(tree, host, tmp_path):
+    reqs = (REPO / "sample_app" / "requirements.txt").read_text()
+    direct = build("f-req", tmp_path, **{"requirements.txt": (reqs + "-r /etc/passwd\n").encode()})
+    refused = deploy(tree, host, "deploy", "--release", str(direct))
+    assert refused.returncode == 1
+    assert refused.stderr.strip().endswith(
+        "refused sample-f-req.tar.gz: requirements.txt line"
+        f" {reqs.count(chr(10)) + 1}: -r must name a file in the release"
+    ), refused.stderr
+    # Through a file it includes: only the host sees that one; pip never reads /etc/passwd.
+    nested = build(
+        "f-req2",
+        tmp_path,
+        **{"requirements.txt": (reqs + "-r more.txt\n").encode(), "more.txt": b"-r /etc/passwd\n"},
+    )
+    result = deploy(tree, host, "deploy", "--release", str(nested))
+    assert result.returncode == 1
+    assert "more.txt line 1: -r must name a file in the release" in result.stderr
+    assert "root:" not in result.stdout + result.stderr
+    assert page(host).startswith("sample v2 ")
+
+
+def current_release(host) -> str:
+    return host.run(f"readlink /srv/{SLUG}/current").stdout.strip().rsplit("/", 1)[-1]
+
+
+def test_a_release_that_makes_uwsgi_exit_is_rolled_back_within_seconds(tree, host, tmp_path):
+    # Planted past the checks (as the developer can, on their own release files): a
+    # release whose uWSGI exits on reload. The master dies; supervisor restarts it.
+    serving = current_release(host)
+    staged = deploy(tree, host, "deploy", "--release", str(build("f-exit", tmp_path)), "--stage")
+    assert staged.returncode == 0, staged.stdout + staged.stderr
+    release_id = re.search(r"staged (\S+-f-exit)", staged.stdout).group(1)
+    host.run(
+        f"cat >> /srv/{SLUG}/releases/{release_id}/uwsgi.ini",
+        input="need-app = true\nmodule = nowhere:application\n",
+    )
+    started = time.monotonic()
+    result = deploy(tree, host, "activate", release_id)
+    took = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    print(f"activation of a release that kills uWSGI, and the way back: {took:.1f} s")
+    assert took < 60, "the failure must be found within seconds, not a timeout"
+    # The report says what broke it, uWSGI's own words included.
+    assert f"{release_id} failed after activation (the uWSGI master exited" in result.stderr
+    assert "failed loading app" in result.stderr and f"{serving} serves again" in result.stderr
+    assert current_release(host) == serving
+    assert all(page(host).startswith("sample v2 ") for _ in range(8))
+    assert host.run(f"test -e /srv/{SLUG}/.deploy-lock", check=False).returncode == 1
+    # A cold start works on what `current` now holds.
+    assert deploy(tree, host, "stop").returncode == 0
+    assert deploy(tree, host, "start").returncode == 0
+    assert page(host).startswith("sample v2 ")
+
+
+def test_rollback_and_start_work_with_uwsgi_stopped(tree, host, dist):
+    v2 = current_release(host)
+    assert deploy(tree, host, "stop").returncode == 0
+    back = deploy(tree, host, "rollback")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "started (uWSGI was not running)" in back.stdout
+    assert page(host).startswith("sample v1 ")
+    assert deploy(tree, host, "stop").returncode == 0
+    forward = deploy(tree, host, "rollback", "--to", v2)
+    assert forward.returncode == 0, forward.stdout + forward.stderr
+    assert page(host).startswith("sample v2 ")
+    # `current` broken behind eep's back: `start` finds it does not come up, marks it
+    # failed and starts the release activated before it.
+    host.run(f"echo 'module = nowhere:application' >> /srv/{SLUG}/current/uwsgi.ini")
+    assert deploy(tree, host, "stop").returncode == 0
+    started = deploy(tree, host, "start")
+    assert started.returncode == 1, started.stdout + started.stderr
+    assert re.search(
+        rf"{v2} failed to start \(.*could not load the app.*\); \S+-v1 serves instead",
+        started.stderr,
+    ), started.stderr
+    assert page(host).startswith("sample v1 ")
+    listing = deploy(tree, host, "releases").stdout
+    assert re.search(rf"{v2}\s+failed\s+\S+\s+failed to start", listing), listing
+    # A fresh v2 for the tests that follow.
+    again = deploy(tree, host, "deploy", "--release", str(build("v2", dist)))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert page(host).startswith("sample v2 ")
+    settled_celery(host)
+
+
 def test_rollback_under_load_is_quick_and_drops_nothing(tree, host):
     with load_test(host, f"{SLUG}.example.com", seconds=8, concurrency=8) as load:
         time.sleep(2)
@@ -428,15 +557,13 @@ def test_killed_processes_come_back(host):
     assert masters == [], "an orphaned uWSGI master survived"
 
 
-def test_release_with_root_options_in_its_ini_gets_no_root(tree, host, tmp_path):
-    hostile = (tree.path / "uwsgi.ini").read_bytes() + (
-        b"\nexec-as-root = touch /root/owned\nhook-as-root = exec:touch /root/owned2\n"
-        b"uid = root\ngid = root\n"
+def test_a_release_with_its_own_uwsgi_ini_gets_a_full_reload_and_its_process(tree, host, tmp_path):
+    ini = (tree.path / "uwsgi.ini").read_bytes() + (
         # A process the developer adds: runs as the app user, restarted when it dies.
         b"attach-daemon2 = cmd=exec /bin/sleep 100001\n"
     )
     result = deploy(
-        tree, host, "deploy", "--release", str(build("v3", tmp_path, **{"uwsgi.ini": hostile}))
+        tree, host, "deploy", "--release", str(build("v3", tmp_path, **{"uwsgi.ini": ini}))
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"\] reload +[\d.]+ s  full$", result.stdout, re.M), result.stdout
@@ -445,7 +572,6 @@ def test_release_with_root_options_in_its_ini_gets_no_root(tree, host, tmp_path)
     assert page(host, "/task?seconds=0&id=after-full").startswith("queued")
     assert marker(host, "after-full")["version"] == "v3"
     settled_celery(host)  # exactly one worker, once its restart is over
-    assert host.run("ls /root/owned /root/owned2", check=False).returncode != 0
     rows = host.run("ps -eo user=,comm=").stdout.splitlines()
     app_procs = [row.split() for row in rows if row.split()[1] in ("uwsgi-core", "celery")]
     assert {comm for _, comm in app_procs} == {"uwsgi-core", "celery"}
@@ -482,3 +608,30 @@ def test_the_app_serves_again_after_a_reboot(host):
     host.reboot()
     wait_for(lambda: page(host).startswith("sample v3 "), timeout=60)
     settled_celery(host)  # exactly one worker, once its restart is over
+
+
+def test_three_times_keep_releases_deploys_then_rollback_and_restart(tree, host, tmp_path):
+    """Cleanup deletes old releases: no process may still sit in one (issue: the master's cwd)."""
+    keep = 5  # the template's default keep_releases
+    base = (tree.path / "uwsgi.ini").read_text()
+    for number in range(3 * keep):
+        # Every third release brings a changed uwsgi.ini: a full reload of the master.
+        ini = base + f"; round {number // 3}\n"
+        tarball = build(f"r{number}", tmp_path, **{"uwsgi.ini": ini.encode()})
+        result = deploy(tree, host, "deploy", "--release", str(tarball))
+        assert result.returncode == 0, f"deploy {number}: " + result.stdout + result.stderr
+        assert page(host).startswith(f"sample r{number} "), number
+        if number == keep + 2:
+            host.reboot()
+            served = f"sample r{number} "
+            wait_for(lambda: page(host).startswith(served), timeout=60)  # noqa: B023
+    cwds = host.run(
+        f"for p in $(pgrep -u {SLUG}); do readlink /proc/$p/cwd; done", check=False
+    ).stdout
+    assert "(deleted)" not in cwds, cwds
+    back = deploy(tree, host, "rollback")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert page(host).startswith(f"sample r{3 * keep - 2} ")
+    restarted = deploy(tree, host, "restart")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert page(host).startswith(f"sample r{3 * keep - 2} ")

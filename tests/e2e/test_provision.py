@@ -151,6 +151,16 @@ def test_nginx_answers_no_release_yet_with_503(host):
     assert out.split() == ["No", "release", "deployed", "yet.", "503"]
 
 
+@pytest.mark.parametrize("name", ["unknown.example.org", "127.0.0.1", "www.shop.example.com"])
+def test_a_host_name_no_site_serves_gets_no_page(host, name):
+    # Not Debian's welcome page (200): nginx closes the connection without an answer.
+    answer = host.run(
+        f"curl -s -o /dev/null -w '%{{http_code}}' -H 'Host: {name}' http://127.0.0.1/", check=False
+    )
+    assert answer.returncode == 52 and answer.stdout == "000", (answer.returncode, answer.stdout)
+    assert host.run("test -e /etc/nginx/sites-enabled/default", check=False).returncode == 1
+
+
 def test_every_app_process_runs_as_the_app_user(host):
     ps = host.run(f"ps -u {SLUG} -o comm=").stdout.split()
     assert "uwsgi-core" in ps and "redis-server" in ps

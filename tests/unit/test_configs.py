@@ -71,6 +71,7 @@ def test_sudoers_allows_only_literal_supervisorctl_verbs_for_this_app(bake):
         "/etc/eep/shop/reload chain",
         "/etc/eep/shop/reload all",
         "/etc/eep/shop/reload full",
+        "/etc/eep/shop/reload wait",
     ]
     assert all(line.startswith(("#", "shop-deploy ", "    ")) for line in text.splitlines())
     # The one rule that is not a supervisorctl verb runs as the app user, never as root.

@@ -160,3 +160,21 @@ def test_serve_answers_each_line_with_one_json_line_and_survives_errors(root):
     assert answers[3] == {"error": 'not a command: ["no-such-command"]'}
     assert [r["current"] for r in answers[4]["ok"]["releases"]] == [True]
     assert "ok" in answers[5] and not (root / ".deploy-lock").exists()
+
+
+def test_ini_refuses_an_option_the_release_does_not_own(root):
+    make_release(root, "20260101T000000Z-v1", ini="[uwsgi]\nmodule = app.wsgi\nprocesses = 4\n")
+    assert agent(root, "ini", "20260101T000000Z-v1") == {"options": 2}
+    make_release(root, "20260102T000000Z-v2", ini="[uwsgi]\nmodule = app.wsgi\nuid = root\n")
+    error = agent(root, "ini", "20260102T000000Z-v2", ok=False)
+    assert error.startswith("error: uwsgi.ini: option 'uid' is not allowed")
+
+
+def test_venv_refuses_requirements_that_include_a_file_outside_the_release(root):
+    make_release(root, "20260101T000000Z-v1")
+    release = root / "releases" / "20260101T000000Z-v1"
+    (release / "requirements.txt").write_text("flask==3.1.3\n-r more.txt\n")
+    (release / "more.txt").write_text("-r /etc/passwd\n")
+    error = agent(root, "venv", "20260101T000000Z-v1", ok=False)
+    assert error == "error: more.txt line 1: -r must name a file in the release"
+    assert not (root / "venvs").exists() or not any((root / "venvs").iterdir())

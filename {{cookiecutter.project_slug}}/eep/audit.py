@@ -228,8 +228,9 @@ class Audit:
         self.record("nginx and supervisor enabled at boot and running", problems)
 
     def host_key(self) -> None:
-        target = self.remote.target
-        name = target.host if target.port in (None, 22) else f"[{target.host}]:{target.port}"
+        # Where SSH really connected (an ~/.ssh/config alias resolved), as known_hosts names it.
+        host, port = self.remote.conn.host, self.remote.conn.port
+        name = host if port in (None, 22) else f"[{host}]:{port}"
         offered = self.remote.conn.client.get_transport().get_remote_server_key()
         pinned = {}
         if known_hosts_path().exists():

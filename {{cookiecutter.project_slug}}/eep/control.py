@@ -17,11 +17,10 @@ from eep.deploy import (
     CTL,
     UWSGI_LOG,
     Session,
-    log_size,
-    reload_app,
+    activate_release,
     say_celery_restarts,
+    serve,
     touch_trigger,
-    wait_app_loaded,
 )
 from eep.remote import HostError, Remote, Target, known_hosts_path
 from eep.report import say
@@ -127,8 +126,8 @@ def restart(spec: str, *, identity: str = "", mode: str = "chain") -> None:
     with Session(spec, identity) as session:
         if mode != "full":
             touch_trigger(session)  # Celery restarts too (a full reload touches it after)
-        with session.step("reload", mode):
-            reload_app(session, mode)
+        with session.step("reload") as details:
+            details.append(serve(session, mode))
         say_celery_restarts(session)
 
 
@@ -165,20 +164,26 @@ def stop(spec: str, *, identity: str = "", now: bool = False, timeout: float = 6
 
 
 def start(spec: str, *, identity: str = "") -> None:
-    """Start the web app (and its attached processes) and wait until nginx gets answers."""
+    """Start the app and wait until every worker serves; a release that cannot start
+    is marked failed and the release activated before it is started instead."""
     with Session(spec, identity) as session, session.locked():
-        offset = log_size(session)
-        with session.step("start", f"supervisorctl start {app.SLUG}"):
-            result = session.remote.run(f"{CTL} start {app.SLUG}", check=False)
-            running_before = "already started" in result.stdout
-            if result.exited != 0 and not running_before:
-                raise HostError(f"supervisor could not start {app.SLUG}; see {UWSGI_LOG}")
-        with session.step("ready"):
-            if not running_before:
-                wait_app_loaded(session, offset)
-            answer = session.http_status("/health")
-            if not 0 < answer < 500:
-                raise HostError(f"{app.SLUG} started but nginx answers {answer}; see {UWSGI_LOG}")
+        try:
+            with session.step("start") as details:
+                details.append(serve(session, "wait"))
+        except HostError as error:
+            current = next((r for r in session.agent("list")["releases"] if r["current"]), None)
+            if current is None:
+                raise
+            session.say("failed", f"{current['id']}: {error}")
+            session.agent("fail", current["id"], f"failed to start: {error}")
+            try:
+                release_id = activate_release(session, ["rollback"], "all", undo=False)
+            except HostError as fallback:
+                raise HostError(f"{current['id']} failed to start ({error}); {fallback}") from None
+            raise HostError(
+                f"{current['id']} failed to start ({error}); {release_id} serves instead"
+            ) from None
+        answer = session.http_status("/health")
     say(f"[{session.target}] started {app.SLUG}: nginx answers {answer}")
 
 

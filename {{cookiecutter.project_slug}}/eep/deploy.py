@@ -13,6 +13,7 @@ import json
 import re
 import shlex
 import socket
+import tarfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Self
 
 from eep import app
 from eep.manifest import TREE
+from eep.release_rules import RuleError, check_ini, check_requirements
 from eep.remote import Conversation, HostError, Remote, Target
 from eep.report import say
 from eep.tarball import TarballError, inspect
@@ -28,9 +30,10 @@ AGENT_DIR = f"{app.APP_ROOT}/.eep"
 HERE = Path(__file__).resolve().parent
 CTL = "sudo -n /usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
 UWSGI_LOG = f"{app.LOG_DIR}/uwsgi.log"
-# Reloads the app as the app user ("chain", "all" or "full"; see config/reload.py).
+# Reloads the app as the app user ("chain", "all", "full" or "wait"; see config/reload.py).
 RELOAD = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/reload"
-AGENT_FILES = ("releases.py", "tarball.py")
+RELOAD_DOWN = 3  # its exit status when no uWSGI master runs
+AGENT_FILES = ("releases.py", "tarball.py", "release_rules.py")
 SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
 
 
@@ -126,52 +129,24 @@ def _lock_holder() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
-def log_size(session: Session) -> int:
-    found = session.remote.run(f"stat -c %s {UWSGI_LOG}", check=False).stdout.strip()
-    return int(found or 0)
-
-
-# What uWSGI logs when a worker loaded the app, and when it could not.
-APP_READY = "WSGI app 0"
-APP_BROKEN = ("no app loaded", "unable to load app")
-
-
-def _app_load(session: Session, offset: int) -> str:
-    """The first of APP_READY / APP_BROKEN that uWSGI logged after byte `offset`, or ""."""
-    patterns = " ".join(f"-e {shlex.quote(p)}" for p in (APP_READY, *APP_BROKEN))
-    start = offset + 1 if log_size(session) >= offset else 1  # 1: rotated meanwhile
-    found = session.remote.run(
-        f"tail -c +{start} {UWSGI_LOG} | grep -o -m 1 {patterns}", check=False
-    ).stdout.strip()
-    if found and found != APP_READY:
-        raise HostError(f"uWSGI could not load the app ({found}); see {UWSGI_LOG}")
-    return found
-
-
-def wait_app_loaded(session: Session, offset: int, timeout: float = 180) -> None:
-    """Wait until uWSGI's log, after byte `offset`, says a worker loaded the app."""
-    deadline = time.monotonic() + timeout
-    while not _app_load(session, offset):
-        if time.monotonic() > deadline:
-            raise HostError(f"uWSGI did not finish reloading; see {UWSGI_LOG}")
-        time.sleep(0.3)
-
-
 def touch_trigger(session: Session) -> None:
     """Restart the attached daemons that name the trigger in touch= (the Celery worker)."""
     session.remote.run(f"date -u +%FT%TZ > {app.DEPLOY_TRIGGER}")
 
 
-def reload_app(session: Session, mode: str) -> None:
-    """Reload gracefully and wait until every web worker serves from `current`.
+class UwsgiDown(HostError):
+    """No uWSGI master runs (stopped, or it exited): only supervisor can start one."""
 
-    "chain" / "all": the web workers only, one at a time or all at once; "full": the
-    uWSGI master too, which re-reads its ini (config/reload.py does all three).
-    """
+
+def reload_app(session: Session, mode: str) -> None:
+    """Run the reload script: "chain" / "all" (the web workers, one at a time or all at
+    once), "full" (the master too, re-reading its ini) or "wait" (signal nothing); it
+    returns once every worker serves `current` with the app loaded."""
     result = session.remote.run(f"{RELOAD} {shlex.quote(mode)}", check=False)
     if result.exited != 0:
         lines = result.stderr.strip().splitlines() or [f"reload failed (exit {result.exited})"]
-        raise HostError(lines[-1].removeprefix("error: "))
+        error = lines[-1].removeprefix("error: ")
+        raise UwsgiDown(error) if result.exited == RELOAD_DOWN else HostError(error)
     if mode == "full":
         # The new master adopted the old Celery worker by its pidfile: renew it. The
         # master looks at touch files once per loop, at least once a second; wait for
@@ -180,28 +155,78 @@ def reload_app(session: Session, mode: str) -> None:
         time.sleep(1.2)
 
 
+def program_state(session: Session) -> str:
+    """supervisor's state of the uWSGI program: RUNNING, STARTING, BACKOFF, FATAL, ..."""
+    out = session.remote.run(f"{CTL} status {app.SLUG}", check=False).stdout.split()
+    return out[1] if len(out) > 1 else "UNKNOWN"
+
+
+def start_app(session: Session, timeout: float = 60) -> None:
+    """Have supervisor run uWSGI on `current` and wait until every worker serves.
+
+    A master that exited is restarted by supervisor itself (a few times, then FATAL):
+    one it is restarting is waited for, not stopped (a uWSGI stopped while it starts
+    ignores the signal until supervisor kills it); a stopped or given-up one is started.
+    """
+    deadline = time.monotonic() + timeout
+    why = "it does not stay up"
+    while time.monotonic() < deadline:
+        state = program_state(session)
+        if state == "RUNNING":
+            try:
+                reload_app(session, "wait")
+                return
+            except UwsgiDown as error:  # it exited meanwhile: supervisor restarts it
+                why = str(error)
+        elif state in ("STOPPED", "EXITED", "FATAL"):
+            session.remote.run(f"{CTL} start {app.SLUG}", check=False)
+            continue
+        time.sleep(0.5)
+    raise HostError(f"supervisor could not start {app.SLUG}: {why}")
+
+
+def serve(session: Session, mode: str, *, start_if_failing: bool = False) -> str:
+    """Make uWSGI serve `current` and nginx answer below 500: a graceful reload `mode`
+    when uWSGI runs, a start when it does not. `start_if_failing`: also start it over
+    when the reload fails (going back to a good release after a bad one, which may
+    have left uWSGI half-up or restarting). Returns what was done."""
+    try:
+        reload_app(session, mode)
+        done = mode
+    except UwsgiDown:
+        start_app(session)
+        done = "started (uWSGI was not running)"
+    except HostError:
+        if not start_if_failing:
+            raise
+        start_app(session)
+        done = "started over (the reload failed)"
+    deadline = time.monotonic() + 60
+    while (status := session.http_status()) >= 500 or status == 0:
+        if time.monotonic() > deadline:
+            raise HostError(f"the app answers {status or 'nothing'}; see {UWSGI_LOG}")
+        time.sleep(0.5)
+    return done
+
+
 def say_celery_restarts(session: Session) -> None:
     """The trigger was touched: the worker restarts in the background, not before this returns."""
     if app.USE_CELERY:
         session.say("", "the Celery worker restarts once its running tasks are done")
 
 
-def _activate(session: Session, command: list[str], mode: str, *, undo: bool = True) -> str:
+def activate_release(session: Session, command: list[str], mode: str, *, undo: bool = True) -> str:
     """Switch `current` (the agent's `activate` or `rollback`), reload; if the app then
-    fails, go back to the release that served before. Returns the activated release."""
+    fails, go back to the release that served before (`undo`). Without `undo` the
+    release is a known-good one brought back: started over if a reload fails."""
     with session.step("activate") as details:
         result = session.agent(*command, "--trigger", app.DEPLOY_TRIGGER)
         details.append(result["current"])
     release_id = result["current"]
     kind = mode if result["reload"] == "workers" else "full"
     try:
-        with session.step("reload", kind):
-            reload_app(session, kind)
-            deadline = time.monotonic() + 60
-            while (status := session.http_status()) >= 500 or status == 0:
-                if time.monotonic() > deadline:
-                    raise HostError(f"the app answers {status or 'nothing'}; see {UWSGI_LOG}")
-                time.sleep(0.5)
+        with session.step("reload") as details:
+            details.append(serve(session, kind, start_if_failing=not undo))
     except HostError as error:
         previous = result["previous"]
         if not undo or previous is None:
@@ -210,7 +235,7 @@ def _activate(session: Session, command: list[str], mode: str, *, undo: bool = T
         # back, all workers at once (the failing release serves nothing useful).
         session.say("failed", f"{release_id}: {error}")
         session.agent("fail", release_id, f"failed after activation: {error}")
-        _activate(session, ["activate", previous], "all", undo=False)
+        activate_release(session, ["activate", previous], "all", undo=False)
         raise HostError(
             f"{release_id} failed after activation ({error}); {previous} serves again"
         ) from None
@@ -241,9 +266,22 @@ def _build(session: Session, tarball: Path, release_id: str, has_ini: bool) -> N
         venv = session.agent("venv", release_id)
     session.say("", f"virtualenv {venv['venv']} {'reused' if venv['reused'] else 'built'}")
     with session.step("checks"):
+        session.agent("ini", release_id)
         session.agent("smoke", release_id, app.WSGI_MODULE)
         session.agent("steps", release_id)
     session.agent("ready", release_id)
+
+
+def _release_file(tarball: Path, prefix: str, name: str) -> str | None:
+    """The text of a file at the release's root, read from the checked tarball; None
+    for a link (the host checks the file it points to)."""
+    with tarfile.open(tarball) as tar:
+        try:
+            member = tar.getmember(prefix + name)
+        except KeyError:
+            return None
+        found = tar.extractfile(member) if member.isfile() else None
+        return found.read().decode("utf-8", "replace") if found else None
 
 
 def deploy(
@@ -260,7 +298,16 @@ def deploy(
         raise HostError(f"no release tarball at {tarball}")
     try:
         info = inspect(str(path), app.WSGI_MODULE)
-    except TarballError as error:
+        if info.has_uwsgi_ini:
+            ini = _release_file(path, info.root_prefix, "uwsgi.ini")
+        else:
+            ini = (TREE / "uwsgi.ini").read_text()
+        requirements = _release_file(path, info.root_prefix, "requirements.txt")
+        # Links, and files requirements.txt includes, are checked on the host.
+        for check, text in ((check_ini, ini), (check_requirements, requirements)):
+            if text is not None:
+                check(text)
+    except (TarballError, RuleError) as error:
         raise HostError(f"refused {path.name}: {error}") from None
     release_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + version_of(path.name)
     started = time.monotonic()
@@ -278,7 +325,7 @@ def deploy(
                     "staged", f"{release_id}: activate it with `invoke activate {release_id}`"
                 )
             else:
-                _activate(session, ["activate", release_id], reload)
+                activate_release(session, ["activate", release_id], reload)
             removed = session.agent("cleanup", "--keep", str(app.KEEP_RELEASES))["removed"]
             if removed:
                 session.say("cleanup", ", ".join(removed))
@@ -288,7 +335,7 @@ def deploy(
 
 def activate(release_id: str, spec: str, *, identity: str = "", reload: str = "chain") -> None:
     with Session(spec, identity) as session, session.locked():
-        _activate(session, ["activate", release_id], reload)
+        activate_release(session, ["activate", release_id], reload)
 
 
 def rollback(
@@ -297,7 +344,7 @@ def rollback(
     started = time.monotonic()
     with Session(spec, identity) as session:
         with session.locked(break_lock=break_lock):
-            target = _activate(session, ["rollback", "--to", to], reload)
+            target = activate_release(session, ["rollback", "--to", to], reload)
         session.summary(f"rolled back to {target}", started)
     return target
 

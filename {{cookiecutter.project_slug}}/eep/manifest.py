@@ -33,6 +33,7 @@ HOST_FILES = [
     HostFile("config/supervisor.conf", f"/etc/supervisor/conf.d/{app.SLUG}.conf"),
     HostFile("config/supervisor-service.conf", "/etc/systemd/system/supervisor.service.d/eep.conf"),
     HostFile("config/nginx.conf", f"/etc/nginx/sites-available/{app.SLUG}"),
+    HostFile("config/nginx-default.conf", "/etc/nginx/sites-available/eep-default"),
     HostFile("config/sudoers", f"/etc/sudoers.d/{app.SLUG}", mode=0o440),
     # Named by sudo rules: root-owned, so neither the app nor the developer can change them.
     HostFile("config/stop-app.sh", f"{app.CONF_DIR}/stop-app", mode=0o755),

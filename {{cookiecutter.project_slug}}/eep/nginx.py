@@ -9,6 +9,10 @@ from eep.remote import HostError, Remote
 from eep.report import Report
 
 ENABLED = f"/etc/nginx/sites-enabled/{app.SLUG}"
+DEFAULT_ENABLED = "/etc/nginx/sites-enabled/eep-default"
+# Debian's default site: a welcome page (200) for any host name; it also claims
+# default_server, which only one site may.
+DEBIAN_DEFAULT = ("/etc/nginx/sites-enabled/default", "/etc/nginx/sites-available/default")
 LOG_FILES = [f"{app.LOG_DIR}/nginx-access.log", f"{app.LOG_DIR}/nginx-error.log"]
 
 
@@ -22,6 +26,31 @@ def ensure_log_file(remote: Remote, report: Report, path: str) -> None:
         remote.touch_file(path, mode=0o640, owner="root", group=app.RUNTIME_USER)
 
 
+def ensure_link(remote: Remote, report: Report, link: str, target: str) -> bool:
+    """sites-enabled/<name> -> sites-available/<name>; whether it changed."""
+    found = remote.run(f"readlink {link}", check=False, changes=False).stdout.strip()
+    if found == target:
+        report.unchanged(f"link {link}")
+        return False
+    if report.change(f"link {link}", "enabled the site"):
+        remote.run(f"ln -sfn {target} {link}")
+    return True
+
+
+def ensure_default_site(remote: Remote, report: Report) -> bool:
+    """Unknown host names get 444 (eep-default), not Debian's welcome page; whether it changed."""
+    default = host_file("config/nginx-default.conf")
+    changed = ensure_file(remote, report, default)
+    link, stock = DEBIAN_DEFAULT
+    found = remote.run(f"readlink {link}", check=False, changes=False).stdout.strip()
+    if found == stock and report.change(link, "disabled Debian's default site"):
+        remote.run(f"rm -f {link}")
+        changed = True
+    elif found != stock:
+        report.unchanged(f"{link} absent" if not found else f"{link} -> {found}")
+    return ensure_link(remote, report, DEFAULT_ENABLED, default.path) or changed
+
+
 def ensure_site(remote: Remote, report: Report, *, reload: bool = False) -> None:
     ensure_file(remote, report, host_file("config/logrotate.conf"))
     for log in LOG_FILES:
@@ -31,12 +60,8 @@ def ensure_site(remote: Remote, report: Report, *, reload: bool = False) -> None
     backup = f"{site.path}.eep-previous"
     # The accepted file is kept (mtime included) to be put back if nginx -t refuses the new one.
     changed = ensure_file(remote, report, site, backup=backup)
-    link = remote.run(f"readlink {ENABLED}", check=False, changes=False).stdout.strip()
-    if link == site.path:
-        report.unchanged(f"link {ENABLED}")
-    elif report.change(f"link {ENABLED}", "enabled the site"):
-        remote.run(f"ln -sfn {site.path} {ENABLED}")
-        changed = True
+    changed = ensure_link(remote, report, ENABLED, site.path) or changed
+    changed = ensure_default_site(remote, report) or changed
     if report.check or not (changed or reload):
         return
     test = remote.run("nginx -t", check=False)

@@ -30,6 +30,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+# Uploaded beside this file: the rules for a release's uwsgi.ini, shared with `invoke deploy`.
+from release_rules import RuleError, check_ini, check_requirements
+
 ROOT = Path("/")  # set from --root
 
 
@@ -120,6 +123,7 @@ def _run(cmd: list[str], cwd: Path, what: str, env: dict | None = None) -> None:
 def build_venv(release_id: str, python: str) -> dict:
     """Link the release to a virtualenv with its requirements, building it if none matches."""
     release = release_dir(release_id)
+    check_release_requirements(release)
     requirements = (release / "requirements.txt").read_bytes()
     version = subprocess.run(
         [python, "-c", "import sys; print(sys.version)"],
@@ -161,6 +165,34 @@ def smoke(release_id: str, wsgi_module: str) -> dict:
     )
     _run([str(release / ".venv" / "bin" / "python"), "-c", code], release, "smoke check")
     return {"smoke": "ok"}
+
+
+def check_release_ini(release_id: str) -> dict:
+    """Refuse a uwsgi.ini that sets more than the options a release owns (release_rules.py)."""
+    path = release_dir(release_id) / "uwsgi.ini"
+    try:
+        options = check_ini(path.read_text(errors="replace"))
+    except RuleError as error:
+        raise ReleaseError(str(error)) from None
+    return {"options": len(options)}
+
+
+def check_release_requirements(release: Path) -> None:
+    """requirements.txt and every file it includes name nothing outside the release."""
+    pending, seen = ["requirements.txt"], set()
+    while pending:
+        name = pending.pop()
+        path = release / name
+        if name in seen:
+            continue
+        seen.add(name)
+        # Links were checked with the tarball: they cannot leave the release.
+        if not path.is_file():
+            raise ReleaseError(f"{name} is not a file in the release")
+        try:
+            pending += check_requirements(path.read_text(errors="replace"), name)
+        except RuleError as error:
+            raise ReleaseError(str(error)) from None
 
 
 def run_steps(release_id: str) -> dict:
@@ -329,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("smoke").add_argument("release_id")
     sub.choices["smoke"].add_argument("wsgi_module")
     sub.add_parser("steps").add_argument("release_id")
+    sub.add_parser("ini").add_argument("release_id")
     sub.add_parser("ready").add_argument("release_id")
     for name in ("activate", "rollback"):
         sub.add_parser(name).add_argument("--trigger", required=True)
@@ -349,6 +382,7 @@ def dispatch(args: argparse.Namespace) -> dict:
         "venv": lambda: build_venv(args.release_id, args.python),
         "smoke": lambda: smoke(args.release_id, args.wsgi_module),
         "steps": lambda: run_steps(args.release_id),
+        "ini": lambda: check_release_ini(args.release_id),
         "ready": lambda: ready(args.release_id),
         "activate": lambda: activate(args.release_id, args.trigger),
         "rollback": lambda: activate(rollback_target(args.to), args.trigger),

@@ -58,8 +58,16 @@ class Target:
         return f"{self.user}@{self.host}" + (f":{self.port}" if self.port else "")
 
 
+_KNOWN_HOSTS = [TREE / "known_hosts"]
+
+
+def use_known_hosts(path: str) -> None:
+    """Pin host keys in `path` (eep.known_hosts in invoke.yaml; relative to this tree)."""
+    _KNOWN_HOSTS[0] = TREE / path
+
+
 def known_hosts_path() -> Path:
-    return TREE / "known_hosts"
+    return _KNOWN_HOSTS[0]
 
 
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):

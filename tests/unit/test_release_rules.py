@@ -1,0 +1,104 @@
+"""What a release's uwsgi.ini may set (eep/release_rules.py): the developer's options only."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parents[2] / "{{cookiecutter.project_slug}}/eep/release_rules.py"
+spec = importlib.util.spec_from_file_location("release_rules", SOURCE)
+release_rules = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(release_rules)
+
+
+def refusal(body: str) -> str:
+    with pytest.raises(release_rules.IniError) as error:
+        release_rules.check_ini("[uwsgi]\nmodule = app.wsgi\n" + body)
+    return str(error.value)
+
+
+def test_the_options_a_developer_tunes_are_accepted():
+    text = (
+        "; comment\n[uwsgi]\nmodule = app.wsgi:application\nprocesses = 4\nthreads = 2\n"
+        "harakiri = 30\nmax-requests = 5000\nenable-threads = true\nenv = MODE=prod\n"
+        "attach-daemon2 = pidfile=/run/shop/uwsgi/x.pid,stopsignal=15,touch=/run/shop/deploy,"
+        "chdir=/srv/shop/current,cmd=exec /srv/shop/current/.venv/bin/celery -A app worker\n"
+        "skip-atexit-teardown = true\n"
+    )
+    options = release_rules.check_ini(text)
+    assert ("processes", "4") in options and len(options) == 9
+
+
+def test_the_tree_s_own_uwsgi_ini_is_accepted(bake):
+    for celery in ("y", "n"):
+        tree = bake(use_celery=celery).project_path
+        assert release_rules.check_ini((tree / "uwsgi.ini").read_text())
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ("uid = root\n", "option 'uid' is not allowed"),
+        ("gid = root\n", "option 'gid' is not allowed"),
+        ("chown-socket = nobody\n", "option 'chown-socket' is not allowed"),
+        ("socket = /tmp/x.sock\n", "option 'socket' is not allowed"),
+        ("logto = /root/uwsgi.log\n", "option 'logto' is not allowed"),
+        ("plugins = router_basicauth\n", "option 'plugins' is not allowed"),
+        ("exec-as-root = touch /root/owned\n", "option 'exec-as-root' is not allowed"),
+        ("hook-pre-app = exec:false\n", "option 'hook-pre-app' is not allowed"),
+        ("need-app = true\n", "option 'need-app' is not allowed: a worker without its app"),
+        ("ini = /etc/shadow\n", "option 'ini' is not allowed"),
+        ("if-exists = /x\n", "option 'if-exists' is not allowed"),
+        ("attach-daemon2 = uid=root,cmd=sleep 1\n", "attach-daemon2 key 'uid' is not allowed"),
+        ("env = X=@(/etc/shadow)\n", "env: @(...) and $(...) are not allowed"),
+        ("processes = many\n", "processes must be a whole number, not 'many'"),
+        ("enable-threads = maybe\n", "enable-threads must be true or false"),
+        ("wsgi-file = /etc/x.py\n", "wsgi-file must be a path inside the release"),
+        ("[other]\nprocesses = 2\n", "line 3: only the [uwsgi] section is read, not [other]"),
+        ("just words\n", "line 3 is not `option = value`"),
+    ],
+)
+def test_anything_else_is_refused_with_one_line_naming_it(body, named):
+    message = refusal(body)
+    assert message.startswith("uwsgi.ini: ") and named in message
+    assert "\n" not in message
+
+
+def test_an_ini_without_the_uwsgi_section_is_refused():
+    with pytest.raises(release_rules.IniError, match="no \\[uwsgi\\] section"):
+        release_rules.check_ini("; nothing\n")
+
+
+def test_requirements_that_stay_in_the_release_are_accepted():
+    text = (
+        "# pinned\nflask==3.1.3\ncelery[redis]==5.7.0 ; python_version >= '3.11'\n"
+        "-r requirements/base.txt\n-c constraints.txt\n--index-url https://pypi.example/simple\n"
+        "pkg @ https://example.com/pkg-1.0.tar.gz\n./vendor/tool-1.0-py3-none-any.whl\n"
+        "--only-binary :all:\n--require-hashes\n"
+    )
+    included = release_rules.check_requirements(text)
+    assert included == ["requirements/base.txt", "constraints.txt"]
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("-r /etc/passwd", "line 2: -r must name a file in the release"),
+        ("--requirement=../../other/requirements.txt", "--requirement must name a file"),
+        ("-c ~/constraints.txt", "-c must name a file in the release"),
+        ("-e /srv/other/current", "-e must name a file in the release"),
+        ("--index-url file:///etc", "--index-url must be an http(s) URL"),
+        ("-f /root", "-f must be an http(s) URL"),
+        ("pkg @ file:///etc/passwd", "a direct reference must be an https URL"),
+        ("/srv/other/current/pkg.whl", "a path must be inside the release"),
+        ("--target /tmp/x", "option --target is not allowed"),
+        ("--src /tmp", "option --src is not allowed"),
+    ],
+)
+def test_requirements_reaching_outside_the_release_are_refused(line, problem):
+    with pytest.raises(release_rules.RequirementsError) as error:
+        release_rules.check_requirements(f"flask==3.1.3\n{line}\n")
+    assert str(error.value).startswith("requirements.txt line 2: ")
+    assert problem in str(error.value)

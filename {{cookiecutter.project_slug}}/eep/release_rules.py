@@ -1,0 +1,219 @@
+"""What a release's uwsgi.ini and requirements.txt may say, beyond its code.
+
+Checked before anything is uploaded (`invoke deploy`) and again on the host by the
+release agent, which imports this file beside it. Standard library only.
+
+uwsgi.ini: the options the developer owns, nothing else.
+Why an allow-list: uWSGI parses the release's ini on every start. An option about
+identity, sockets, logging, plugins or start-up hooks may pass a graceful reload
+(which redoes none of that) and then fail the next cold start (`invoke start`, a
+reboot) with the site down. The enforced ini (config/uwsgi-base.ini) sets all of
+those; a release sets only how its app is loaded and run.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Options whose value is a whole number (0 or more).
+NUMBERS = {
+    "processes",
+    "workers",
+    "threads",
+    "harakiri",
+    "max-requests",
+    "max-requests-delta",
+    "min-worker-lifetime",
+    "max-worker-lifetime",
+    "max-worker-lifetime-delta",
+    "reload-on-rss",
+    "reload-on-as",
+    "evil-reload-on-rss",
+    "worker-reload-mercy",
+    "reload-mercy",
+    "buffer-size",
+    "post-buffering",
+    "limit-post",
+    "socket-timeout",
+    "offload-threads",
+    "cheaper",
+    "cheaper-initial",
+    "cheaper-step",
+    "cheaper-overload",
+    "log-slow",
+    "log-big",
+}
+# Options that are on or off.
+FLAGS = {
+    "enable-threads",
+    "single-interpreter",
+    "thunder-lock",
+    "harakiri-verbose",
+    "skip-atexit",
+    "skip-atexit-teardown",
+    "disable-logging",
+    "log-4xx",
+    "log-5xx",
+    "log-x-forwarded-for",
+    "memory-report",
+    "ignore-sigpipe",
+    "ignore-write-errors",
+    "disable-write-exception",
+}
+# Options whose value is free text (checked further below where needed).
+TEXT = {
+    "module",
+    "callable",
+    "wsgi-file",
+    "env",
+    "cheaper-algo",
+    "logformat",
+    "attach-daemon",
+    "attach-daemon2",
+    "smart-attach-daemon",
+    "smart-attach-daemon2",
+}
+ALLOWED = NUMBERS | FLAGS | TEXT
+# attach-daemon2 keys a release may use; uid/gid/ns_pid/legion are refused.
+DAEMON_KEYS = {
+    "cmd",
+    "exec",
+    "pidfile",
+    "control",
+    "daemonize",
+    "touch",
+    "stopsignal",
+    "reloadsignal",
+    "chdir",
+    "freq",
+    "max_throttle",
+    "notifypid",
+}
+# Why some options a developer might reach for are refused (the rest: "not allowed").
+REASONS = {
+    "need-app": "a worker without its app would take the whole uWSGI down; eep already"
+    " fails a release whose workers load no app",
+    "die-on-term": "stopping and reloading are eep's (see the tree's README)",
+    "py-autoreload": "restarts are explicit: `invoke restart`",
+    "static-map": "nginx serves static files",
+}
+FLAG_VALUES = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+# uWSGI's magic values: @(file) reads a file, $(VAR) an environment variable, at parse
+# time; their outcome differs between a reload and a cold start.
+MAGIC = re.compile(r"[@$]\(")
+OPTION = re.compile(r"^([A-Za-z0-9_.-]+)\s*=\s*(.*)$")
+
+
+class RuleError(Exception):
+    """The one line that names what a release may not say."""
+
+
+class IniError(RuleError):
+    def __str__(self) -> str:
+        return f"uwsgi.ini: {self.args[0]}"
+
+
+def _check_daemon2(value: str) -> None:
+    for pair in value.split(","):
+        key, sep, _ = pair.partition("=")
+        if not sep:
+            continue  # a comma inside the command (cmd=... is last by convention)
+        if key.strip() not in DAEMON_KEYS:
+            why = "attached processes run as the app user"
+            raise IniError(f"attach-daemon2 key {key.strip()!r} is not allowed ({why})")
+
+
+def _check_value(name: str, value: str) -> None:
+    if MAGIC.search(value):
+        raise IniError(f"{name}: @(...) and $(...) are not allowed (read at start-up only)")
+    if name in NUMBERS and not value.isdigit():
+        raise IniError(f"{name} must be a whole number, not {value!r}")
+    if name in FLAGS and value.lower() not in FLAG_VALUES:
+        raise IniError(f"{name} must be true or false, not {value!r}")
+    if name == "wsgi-file" and (value.startswith("/") or ".." in value.split("/")):
+        raise IniError("wsgi-file must be a path inside the release")
+    if name == "attach-daemon2":
+        _check_daemon2(value)
+    if name == "env" and "=" not in value:
+        raise IniError(f"env must be NAME=value, not {value!r}")
+
+
+def check_ini(text: str) -> list[tuple[str, str]]:
+    """The (option, value) pairs of a release's uwsgi.ini; IniError on anything refused."""
+    options = []
+    section = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith((";", "#")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+            if section != "uwsgi":
+                raise IniError(f"line {number}: only the [uwsgi] section is read, not [{section}]")
+            continue
+        match = OPTION.match(line)
+        if not match:
+            raise IniError(f"line {number} is not `option = value`")
+        if section is None:
+            raise IniError(f"line {number}: options must follow [uwsgi]")
+        name, value = match.group(1), match.group(2).strip()
+        if name not in ALLOWED:
+            why = REASONS.get(name, "set by eep (config/uwsgi-base.ini) or not supported")
+            raise IniError(f"option {name!r} is not allowed: {why}")
+        _check_value(name, value)
+        options.append((name, value))
+    if section is None:
+        raise IniError("no [uwsgi] section")
+    return options
+
+
+# -- requirements.txt -------------------------------------------------------------------
+# pip reads what a requirements file names, as the deploy account: `-r /etc/passwd`
+# would echo a line of that file into the deploy's error. Files it names must be
+# inside the release; indexes and links must be http(s) URLs.
+FILE_OPTIONS = {"-r", "--requirement", "-c", "--constraint", "-e", "--editable"}
+URL_OPTIONS = {"-i", "--index-url", "--extra-index-url", "-f", "--find-links"}
+FLAG_OPTIONS = {"--pre", "--prefer-binary", "--require-hashes", "--no-index"}
+VALUE_OPTIONS = {"--only-binary", "--no-binary", "--trusted-host"}
+WEB = re.compile(r"^https?://", re.IGNORECASE)
+
+
+class RequirementsError(RuleError):
+    def __init__(self, where: str, number: int, problem: str) -> None:
+        super().__init__(f"{where} line {number}: {problem}")
+
+
+def _inside(path: str) -> bool:
+    """A relative path that stays inside the release (the file it names is checked too)."""
+    parts = path.split("/")
+    return bool(path) and not path.startswith("/") and ".." not in parts and "~" not in path
+
+
+def check_requirements(text: str, where: str = "requirements.txt") -> list[str]:
+    """The release files this requirements text includes (-r, -c, -e); RequirementsError
+    on an option or a path that reaches outside the release."""
+    included = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if not line.startswith("-"):
+            reference = line.partition("@")[2].strip() if "@" in line else ""
+            if reference and not WEB.match(reference) and not reference.startswith("git+https"):
+                raise RequirementsError(where, number, "a direct reference must be an https URL")
+            if line.startswith(("/", "~", "file:")) or ".." in line.split("/"):
+                raise RequirementsError(where, number, "a path must be inside the release")
+            continue
+        option, _, value = line.replace("=", " ", 1).partition(" ")
+        value = value.strip()
+        if option in FILE_OPTIONS:
+            if not _inside(value):
+                raise RequirementsError(where, number, f"{option} must name a file in the release")
+            if option in {"-r", "--requirement", "-c", "--constraint"}:
+                included.append(value)
+        elif option in URL_OPTIONS:
+            if not WEB.match(value):
+                raise RequirementsError(where, number, f"{option} must be an http(s) URL")
+        elif option not in FLAG_OPTIONS | VALUE_OPTIONS:
+            raise RequirementsError(where, number, f"option {option} is not allowed")
+    return included
