@@ -151,16 +151,26 @@ def demo(c):
     _show(
         "a 15 s Celery task is queued on v1", host.run(f"{page}/task?seconds=15\\&id=demo").stdout
     )
+    tasks = "/srv/shop/shared/var/tasks"
+    # Deploy only once the task runs: it must finish on v1 while v2 takes over the web.
+    started = host.run(
+        f"for i in $(seq 120); do test -f {tasks}/demo.started && exit 0; sleep 0.5; done; exit 1",
+        check=False,
+    )
+    if started.returncode != 0:
+        raise Exit("error: the demo task never started on v1; see `invoke logs`", code=1)
+    _show("the task runs on v1", "started")
     with load_test(host, "shop.example.com", seconds=10, concurrency=4) as load:
         step("deploy v2 under load", "deploy", "--release", releases[1], *deploy_args)
     _show("requests during the deploy", json.dumps(load.stats))
     _show("the app answers", host.run(f"{page}/").stdout)
-    marker = "/srv/shop/shared/var/tasks/demo.json"
-    host.run(f"for i in $(seq 60); do test -f {marker} && break; sleep 0.5; done")
-    _show(
-        "the task queued before the deploy finished on its release",
-        host.run(f"cat {marker}").stdout,
-    )
+    host.run(f"for i in $(seq 60); do test -f {tasks}/demo.json && break; sleep 0.5; done")
+    finished = host.run(f"cat {tasks}/demo.json", check=False).stdout
+    _show("the task that ran during the deploy finished on its own release", finished)
+    if '"v1"' not in finished:
+        raise Exit("error: the task did not finish on v1", code=1)
+    if load.stats.get("failed"):
+        raise Exit(f"error: {load.stats['failed']} requests failed during the deploy", code=1)
     step("releases", "releases", *deploy_args)
     step("status", "status", *deploy_args)
     step("audit", "audit", *deploy_args)

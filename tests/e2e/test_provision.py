@@ -115,6 +115,7 @@ def test_sudoers_is_valid_and_deploy_may_run_only_its_literal_commands(host):
         f"/etc/eep/{SLUG}/reload chain",
         f"/etc/eep/{SLUG}/reload all",
         f"/etc/eep/{SLUG}/reload full",
+        f"/etc/eep/{SLUG}/reload wait",
     ]
     assert "ALL" not in rules.replace("(root)", "")
 

@@ -171,3 +171,15 @@ def test_status_says_whether_the_celery_worker_runs(bake, roles, trigger_age, ex
     rows = [(role, str(10 + i), "00:00:01", "1 MiB", cmd) for i, (role, cmd) in enumerate(roles)]
     code = f"from eep.control import celery_state\nprint(*celery_state({rows!r}, {trigger_age!r}))"
     assert run_in_tree(bake().project_path, code).startswith(expected)
+
+
+def test_the_sudo_rules_are_read_from_config_sudoers(bake):
+    tree = bake().project_path
+    out = run_in_tree(
+        tree, "from eep.sudoers import rules\nfor who, cmd in rules(): print(who, '|', cmd)"
+    )
+    rules = [tuple(part.strip() for part in line.split("|")) for line in out.splitlines()]
+    ctl = "/usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
+    assert ("root", f"{ctl} stop shop") in rules
+    assert ("shop", "/etc/eep/shop/reload wait") in rules
+    assert len(rules) == 10 and all(who in ("root", "shop") for who, _ in rules)

@@ -24,8 +24,8 @@ from eep.manifest import HOST_FILES, RETIRED_FILES, host_file
 from eep.nginx import ENABLED
 from eep.remote import Remote, Target, known_hosts_path
 from eep.report import say
+from eep.sudoers import rules as sudo_rules
 
-CTL_RULE = "/usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
 # Every top directory of the app: no permission at all for other accounts.
 TOP_DIRS = [app.APP_ROOT, app.LOG_DIR, app.CONF_DIR, app.RUN_DIR, f"/home/{app.DEPLOY_USER}"]
 UWSGI_BINARY = "/usr/bin/uwsgi-core"
@@ -254,11 +254,7 @@ class Audit:
 
 def _unexpected_rules(listing: str) -> list[str]:
     """Problems in a `sudo -l` listing of the deploy account: any rule but the literal ones."""
-    expected = {f"{CTL_RULE} {verb} {app.SLUG}" for verb in ("status", "start", "stop")}
-    if app.USE_CELERY:
-        expected.add(f"{CTL_RULE} status {app.SLUG}-redis")
-    expected |= {f"{app.CONF_DIR}/stop-app warm", f"{app.CONF_DIR}/stop-app now"}
-    expected |= {f"{app.CONF_DIR}/reload {mode}" for mode in ("chain", "all", "full")}
+    expected = {command for _, command in sudo_rules()}
     rules = listing.split("may run the following commands", 1)[-1]
     rules = re.sub(r",\s*\n\s*", ", ", rules)
     found = set()

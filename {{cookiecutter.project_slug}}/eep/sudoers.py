@@ -3,10 +3,11 @@ script one of them names."""
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from eep.files import ensure_file
-from eep.manifest import host_file
+from eep.manifest import host_file, render
 from eep.remote import HostError, Remote
 from eep.report import Report
 
@@ -23,3 +24,15 @@ def ensure_sudoers(remote: Remote, report: Report) -> None:
     ensure_file(remote, report, host_file("config/stop-app.sh"))
     ensure_file(remote, report, host_file("config/reload.py"))
     ensure_file(remote, report, host_file("config/sudoers"), validate=visudo)
+
+
+def rules() -> list[tuple[str, str]]:
+    """(run as, command) of every rule in config/sudoers: the one statement of what the
+    deploy account may run, read by the audit too."""
+    text = re.sub(r"\\\n\s*", " ", render(host_file("config/sudoers")))
+    found = []
+    for line in text.splitlines():
+        match = re.match(r"^\S+ ALL = \((\w+)\) NOPASSWD: (.*)$", line)
+        if match:
+            found += [(match.group(1), command.strip()) for command in match.group(2).split(",")]
+    return found
