@@ -171,3 +171,19 @@ def test_status_says_whether_the_celery_worker_runs(bake, roles, trigger_age, ex
     rows = [(role, str(10 + i), "00:00:01", "1 MiB", cmd) for i, (role, cmd) in enumerate(roles)]
     code = f"from eep.control import celery_state\nprint(*celery_state({rows!r}, {trigger_age!r}))"
     assert run_in_tree(bake().project_path, code).startswith(expected)
+
+
+def test_logs_show_what_the_app_wrote_without_letting_it_drive_the_terminal(bake):
+    # A terminal title, a screen clear, a carriage return over the line, a bidi override.
+    hostile = "GET /\x1b]0;owned\x07 \x1b[2J\rok \u202eevil\ttab é\n"
+    shown = "GET /\\x1b]0;owned\\x07 \\x1b[2J\\rok \\u202eevil\ttab é\n"
+    code = (
+        "import shlex\n"
+        "from invoke import run\n"
+        "from eep.control import _PrintableOutput, printable\n"
+        f"print(printable({hostile!r}), end='')\n"
+        # `logs --follow` streams through invoke's runner, as this local command does.
+        f"run('printf %s ' + shlex.quote({hostile!r}), out_stream=_PrintableOutput(), pty=False)\n"
+    )
+    out = run_in_tree(bake().project_path, code)
+    assert out == shown * 2
