@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -160,3 +161,36 @@ def test_serve_answers_each_line_with_one_json_line_and_survives_errors(root):
     assert answers[3] == {"error": 'not a command: ["no-such-command"]'}
     assert [r["current"] for r in answers[4]["ok"]["releases"]] == [True]
     assert "ok" in answers[5] and not (root / ".deploy-lock").exists()
+
+
+def test_a_venv_ends_with_nothing_the_group_or_others_can_write(tmp_path):
+    venv, outside = tmp_path / "venv", tmp_path / "outside.txt"
+    (venv / "lib" / "pkg").mkdir(parents=True)
+    (venv / "lib" / "pkg" / "mod.py").write_text("")
+    (venv / "bin").mkdir()
+    (venv / "bin" / "tool").write_text("#!/bin/sh\n")
+    outside.write_text("")
+    (venv / "bin" / "python").symlink_to(outside)
+    for path, mode in [
+        (venv / "lib", 0o777),
+        (venv / "lib" / "pkg", 0o775),
+        (venv / "lib" / "pkg" / "mod.py", 0o666),
+        (venv / "bin" / "tool", 0o777),
+        (outside, 0o666),
+    ]:
+        path.chmod(mode)
+    spec = importlib.util.spec_from_file_location("eep_releases_under_test", SCRIPT)
+    releases = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(releases)
+    releases.no_group_write(venv)
+    modes = {
+        str(path.relative_to(venv)): oct(path.lstat().st_mode & 0o777)
+        for path in [venv / "lib", venv / "lib/pkg", venv / "lib/pkg/mod.py", venv / "bin/tool"]
+    }
+    assert modes == {
+        "lib": "0o755",
+        "lib/pkg": "0o755",
+        "lib/pkg/mod.py": "0o644",
+        "bin/tool": "0o755",
+    }
+    assert outside.stat().st_mode & 0o777 == 0o666  # a link's target is not the venv's

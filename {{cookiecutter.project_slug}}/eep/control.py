@@ -185,8 +185,9 @@ def start(spec: str, *, identity: str = "") -> None:
 
 def _in_release(command: str) -> str:
     """`command` in the current release with its virtualenv, as uWSGI would see the app."""
+    # umask: what the command creates in the release stays the deploy account's to write.
     return (
-        f"cd {app.CURRENT} && export VIRTUAL_ENV={app.CURRENT}/.venv"
+        f"umask 027 && cd {app.CURRENT} && export VIRTUAL_ENV={app.CURRENT}/.venv"
         f" PATH={app.CURRENT}/.venv/bin:$PATH EEP_SHARED_DIR={app.SHARED_DIR} && {command}"
     )
 

@@ -31,6 +31,8 @@ UWSGI_LOG = f"{app.LOG_DIR}/uwsgi.log"
 # Reloads the app as the app user ("chain", "all" or "full"; see config/reload.py).
 RELOAD = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/reload"
 AGENT_FILES = ("releases.py", "tarball.py")
+# Modes of what deploy uploads, never the local file's: the app (group) writes none.
+AGENT_MODE, UPLOAD_MODE, INI_MODE = 0o600, 0o600, 0o640
 SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
 
 
@@ -58,14 +60,17 @@ class Session:
             f"{hashlib.sha256((HERE / name).read_bytes()).hexdigest()}  {name}\n"
             for name in AGENT_FILES
         )
+        # .eep is the deploy account's alone (0700): the agent it runs and the tarballs
+        # it extracts sit there, out of the app's reach, whatever their modes.
         same = self.remote.run(
-            f"mkdir -p -m 750 {AGENT_DIR} && cd {AGENT_DIR} && "
-            f"printf %s {shlex.quote(sums)} | sha256sum --check --status",
+            f"mkdir -p {AGENT_DIR} && chmod 700 {AGENT_DIR} && cd {AGENT_DIR} && "
+            f"printf %s {shlex.quote(sums)} | sha256sum --check --status && "
+            f'test -z "$(find {" ".join(AGENT_FILES)} ! -perm {AGENT_MODE:o})"',
             check=False,
         )
         if same.exited != 0:
             for name in AGENT_FILES:
-                self.remote.put(str(HERE / name), f"{AGENT_DIR}/{name}")
+                self.remote.put(str(HERE / name), f"{AGENT_DIR}/{name}", mode=AGENT_MODE)
         # One python process on the host answers every agent() call of the session.
         self.agent_process = self.remote.converse(
             f"python3 {AGENT_DIR}/releases.py --root {app.APP_ROOT} serve"
@@ -220,9 +225,9 @@ def _activate(session: Session, command: list[str], mode: str, *, undo: bool = T
 
 def _build(session: Session, tarball: Path, release_id: str, has_ini: bool) -> None:
     releases = f"{app.APP_ROOT}/releases"
-    upload = f"{releases}/.upload-{release_id}.tar"
+    upload = f"{AGENT_DIR}/upload-{release_id}.tar"
     with session.step("upload", f"{tarball.name} ({tarball.stat().st_size // 1024} KiB)"):
-        session.remote.put(str(tarball), upload)
+        session.remote.put(str(tarball), upload, mode=UPLOAD_MODE)
     try:
         with session.step("extract"):
             args = [f"{AGENT_DIR}/tarball.py", "extract", upload, f"{releases}/{release_id}"]
@@ -235,8 +240,11 @@ def _build(session: Session, tarball: Path, release_id: str, has_ini: bool) -> N
     finally:
         session.remote.run(f"rm -f {shlex.quote(upload)}")
     if not has_ini:
-        # The release brings no uwsgi.ini: it runs with this tree's.
-        session.remote.put(str(TREE / "uwsgi.ini"), f"{releases}/{release_id}/uwsgi.ini")
+        # The release brings no uwsgi.ini: it runs with this tree's, uploaded into .eep
+        # (where the app cannot open it while its mode is set), then moved in.
+        staged = f"{AGENT_DIR}/uwsgi.ini"
+        session.remote.put(str(TREE / "uwsgi.ini"), staged, mode=INI_MODE)
+        session.remote.run(f"mv -T {staged} {shlex.quote(f'{releases}/{release_id}/uwsgi.ini')}")
     with session.step("venv"):
         venv = session.agent("venv", release_id)
     session.say("", f"virtualenv {venv['venv']} {'reused' if venv['reused'] else 'built'}")
