@@ -143,19 +143,26 @@ def test_the_app_can_write_nothing_in_its_root_but_shared(host):
     ]
 
 
+AGENT = f"/srv/{SLUG}/.eep/tarball.py"
+UPLOAD = f"/srv/{SLUG}/.eep/upload-x.tar"
+
+
 @pytest.mark.parametrize(
-    "plant",
+    ("plant", "path", "repair"),
     [
-        pytest.param(f"chmod g+w /srv/{SLUG}/.eep/tarball.py", id="agent"),
+        # As on a host deployed by an earlier version: the next deploy session replaces it.
+        pytest.param(f"chmod g+w {AGENT}", AGENT, "releases", id="agent"),
         pytest.param(
-            f"umask 002 && touch /srv/{SLUG}/.eep/upload-x.tar"
-            f" && chown {SLUG}-deploy:{SLUG} /srv/{SLUG}/.eep/upload-x.tar",
+            f"umask 002 && touch {UPLOAD} && chown {SLUG}-deploy:{SLUG} {UPLOAD}",
+            UPLOAD,
+            f"rm {UPLOAD}",
             id="upload",
         ),
     ],
 )
-def test_a_group_writable_agent_or_upload_fails_the_audit_naming_it(tree, host, plant):
-    path = plant.split()[-1]
+def test_a_group_writable_agent_or_upload_fails_the_audit_naming_it(
+    tree, host, plant, path, repair
+):
     host.run(plant)
     try:
         result = audit(tree, host)
@@ -163,7 +170,11 @@ def test_a_group_writable_agent_or_upload_fails_the_audit_naming_it(tree, host, 
         line = next(line for line in result.stdout.splitlines() if CODE in line)
         assert "FAIL" in line and f"{path} is writable by its group or others" in line, line
     finally:
-        host.run(f"chmod g-w {path} && rm -f /srv/{SLUG}/.eep/upload-x.tar")
+        if repair == "releases":
+            listed = tree.invoke("releases", *as_deploy(tree, host))
+            assert listed.returncode == 0, listed.stdout + listed.stderr
+        else:
+            host.run(repair)
     assert audit(tree, host).returncode == 0
 
 

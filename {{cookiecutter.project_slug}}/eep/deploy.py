@@ -60,10 +60,10 @@ class Session:
             f"{hashlib.sha256((HERE / name).read_bytes()).hexdigest()}  {name}\n"
             for name in AGENT_FILES
         )
-        # .eep is the deploy account's alone (0700): the agent it runs and the tarballs
-        # it extracts sit there, out of the app's reach, whatever their modes.
+        # .eep is the deploy account's alone (0700, from its mkdir on): the agent it runs
+        # and the tarballs it extracts sit there, out of the app's reach.
         same = self.remote.run(
-            f"mkdir -p {AGENT_DIR} && chmod 700 {AGENT_DIR} && cd {AGENT_DIR} && "
+            f"mkdir -p -m 700 {AGENT_DIR} && chmod 700 {AGENT_DIR} && cd {AGENT_DIR} && "
             f"printf %s {shlex.quote(sums)} | sha256sum --check --status && "
             f'test -z "$(find {" ".join(AGENT_FILES)} ! -perm {AGENT_MODE:o})"',
             check=False,
