@@ -229,11 +229,14 @@ class Remote:
         temp = f"{remote}.eep-new"
         with contextlib.suppress(OSError):
             sftp.remove(temp)  # left by an upload that was cut
-        with sftp.open(temp, "wx") as handle, open(local, "rb") as source:
-            handle.chmod(mode)
-            handle.set_pipelined(True)
-            shutil.copyfileobj(source, handle, 32768)
-        sftp.posix_rename(temp, remote)
+        try:
+            with sftp.open(temp, "wx") as handle, open(local, "rb") as source:
+                handle.chmod(mode)
+                handle.set_pipelined(True)
+                shutil.copyfileobj(source, handle, 32768)
+            sftp.posix_rename(temp, remote)
+        except OSError as error:
+            raise HostError(f"upload to {remote} failed: {error}") from None
 
     def prefetch(self, stat_paths: list[str], read_paths: list[str]) -> None:
         """Read the state of many paths in ONE round trip; read()/stat() answer from it
