@@ -275,6 +275,9 @@ RELEASE_PATHS = [
     "{venv}/bin/celery",
     "{venv}/lib/python3.11/site-packages",
     f"/srv/{SHOP}/current",
+    # The agent the next deploy runs as the developer, where uploads land.
+    f"/srv/{SHOP}/.eep",
+    f"/srv/{SHOP}/.eep/tarball.py",
 ]
 FILE_ATTACKS = [(RUNTIME, p) for p in RELEASE_PATHS + ROOT_PATHS] + [
     (DEPLOY, p) for p in ROOT_PATHS

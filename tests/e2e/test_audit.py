@@ -1,15 +1,21 @@
 """`invoke audit` on a live host: passes on a provisioned host with a release, and fails on
 the right line when an invariant of the threat model is broken on purpose.
 
+The host is provisioned and deployed as by a developer whose umask is 002 (a common
+desktop default), with a tarball whose members are 0666 and 0777: what lands on the
+host must not inherit those modes.
 The tests share one host and run in order; each breakage is repaired before the next.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import shlex
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -35,7 +41,36 @@ ALL_CHECKS = [PROCESSES, SOCKET, CODE, MODES, SETUID, SUDO, DRIFT, SERVICES, HOS
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    return bake_tree(tmp_path_factory.mktemp("trees"), SLUG, uwsgi_processes="2")
+    tree = bake_tree(tmp_path_factory.mktemp("trees"), SLUG, uwsgi_processes="2")
+    # As in a clone checked out under umask 002: every file of the tree group-writable.
+    for path in [tree.path, *tree.path.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o020)
+    return tree
+
+
+def loose_release(dist: Path) -> Path:
+    """The sample release with files 0666, directories 0777 and a 0777 script in it."""
+    build = REPO / "sample_app" / "build_release.py"
+    built = subprocess.run(
+        [sys.executable, str(build), "v1", str(dist / "built")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    loose = dist / Path(built).name
+    with tarfile.open(built) as source, tarfile.open(loose, "w:gz") as tar:
+        for top in ("sample-v1", "sample-v1/app"):
+            info = tarfile.TarInfo(top)
+            info.type, info.mode = tarfile.DIRTYPE, 0o777
+            tar.addfile(info)
+        for info in source.getmembers():
+            info.mode = 0o666
+            tar.addfile(info, source.extractfile(info))
+        script = tarfile.TarInfo("sample-v1/run.sh")
+        script.size, script.mode = 10, 0o777
+        tar.addfile(script, io.BytesIO(b"#!/bin/sh\n"))
+    loose.chmod(0o664)
+    return loose
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +78,12 @@ def host(testhost_factory_module, tree, tmp_path_factory):
     host = testhost_factory_module("aud")
     result = tree.provision(host)
     assert result.returncode == 0, result.stdout + result.stderr
-    dist = tmp_path_factory.mktemp("dist")
-    build = REPO / "sample_app" / "build_release.py"
-    tarball = subprocess.run(
-        [sys.executable, str(build), "v1", str(dist)], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    deployed = tree.invoke("deploy", "--release", tarball, *as_deploy(tree, host))
+    tarball = loose_release(tmp_path_factory.mktemp("dist"))
+    umask = os.umask(0o002)
+    try:
+        deployed = tree.invoke("deploy", "--release", str(tarball), *as_deploy(tree, host))
+    finally:
+        os.umask(umask)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     return host
 
@@ -74,6 +109,73 @@ def test_a_provisioned_host_with_a_release_passes_every_check(tree, host):
     assert result.returncode == 0, result.stdout + result.stderr
     assert verdicts(result.stdout) == dict.fromkeys(ALL_CHECKS, "PASS")
     assert re.search(r"audit: 9 passed, 0 failed$", result.stdout, re.M)
+
+
+# Run as the app user: which of the paths on stdin (NUL-separated) it may write.
+WRITABLE = (
+    "import os, sys\n"
+    "paths = [p for p in sys.stdin.read().split('\\0') if p]\n"
+    "print(len(paths)); print('\\n'.join(p for p in paths if os.access(p, os.W_OK)))\n"
+)
+
+
+def test_the_app_can_write_nothing_in_its_root_but_shared(host):
+    root = f"/srv/{SLUG}"
+    found = host.run(
+        f"(find {root} -path {root}/shared -prune -o ! -type l -print0; printf '{root}/shared/var')"
+        f" | runuser -u {SLUG} -- python3 -c {shlex.quote(WRITABLE)}"
+    ).stdout.split("\n")
+    assert int(found[0]) > 100, "the app root should hold a release and its venv"
+    assert [path for path in found[1:] if path] == [f"{root}/shared/var"]
+    modes = host.run(
+        f"cd {root} && stat -c '%a %n' .eep .eep/tarball.py .eep/releases.py"
+        f" current/ current/app current/app/wsgi.py current/run.sh current/uwsgi.ini"
+    ).stdout.splitlines()
+    assert modes == [
+        "700 .eep",
+        "600 .eep/tarball.py",
+        "600 .eep/releases.py",
+        "750 current/",
+        "750 current/app",
+        "640 current/app/wsgi.py",
+        "750 current/run.sh",
+        "640 current/uwsgi.ini",
+    ]
+
+
+AGENT = f"/srv/{SLUG}/.eep/tarball.py"
+UPLOAD = f"/srv/{SLUG}/.eep/upload-x.tar"
+
+
+@pytest.mark.parametrize(
+    ("plant", "path", "repair"),
+    [
+        # As on a host deployed by an earlier version: the next deploy session replaces it.
+        pytest.param(f"chmod g+w {AGENT}", AGENT, "releases", id="agent"),
+        pytest.param(
+            f"umask 002 && touch {UPLOAD} && chown {SLUG}-deploy:{SLUG} {UPLOAD}",
+            UPLOAD,
+            f"rm {UPLOAD}",
+            id="upload",
+        ),
+    ],
+)
+def test_a_group_writable_agent_or_upload_fails_the_audit_naming_it(
+    tree, host, plant, path, repair
+):
+    host.run(plant)
+    try:
+        result = audit(tree, host)
+        assert result.returncode == 1, result.stdout + result.stderr
+        line = next(line for line in result.stdout.splitlines() if CODE in line)
+        assert "FAIL" in line and f"{path} is writable by its group or others" in line, line
+    finally:
+        if repair == "releases":
+            listed = tree.invoke("releases", *as_deploy(tree, host))
+            assert listed.returncode == 0, listed.stdout + listed.stderr
+        else:
+            host.run(repair)
+    assert audit(tree, host).returncode == 0
 
 
 def test_the_deploy_account_can_run_the_audit_too(tree, host):

@@ -11,7 +11,9 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -242,6 +244,38 @@ def test_run_and_shell_work_in_the_current_release_as_the_deploy_account(tree, h
         f"/srv/{SLUG}/current/.venv/bin/python",
         f"{SLUG}-deploy",
     ]
+
+
+def test_logs_show_control_characters_the_app_wrote_escaped(tree, host):
+    # What the app prints reaches uwsgi.log as is: here a title change and a screen clear.
+    host.run(f"printf 'owned \\033]0;title\\007\\033[2J\\n' >> /var/log/{SLUG}/uwsgi.log")
+    shown = "owned \\x1b]0;title\\x07\\x1b[2J"
+    logs = deploy(tree, host, "logs", "--lines", "5")
+    assert logs.returncode == 0 and shown in logs.stdout, logs.stdout + logs.stderr
+    assert "\x1b" not in logs.stdout and "\x07" not in logs.stdout
+    login = [
+        "--host",
+        f"{SLUG}-deploy@127.0.0.1:{host.ssh_port}",
+        "--identity",
+        str(tree.deploy_key),
+    ]
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "logs", "--follow", "--lines", "5", *login],
+        cwd=tree.path,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    stopper = threading.Timer(60, follow.kill)  # --follow never ends by itself
+    stopper.start()
+    try:
+        lines = [follow.stdout.readline() for _ in range(5)]
+    finally:
+        stopper.cancel()
+        follow.kill()
+        follow.wait()
+    assert any(shown in line for line in lines), lines
+    assert not any("\x1b" in line for line in lines), lines
 
 
 def test_deploy_under_load_drops_no_request_and_lets_the_running_task_finish(tree, host, dist):

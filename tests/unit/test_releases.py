@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -178,3 +179,37 @@ def test_venv_refuses_requirements_that_include_a_file_outside_the_release(root)
     error = agent(root, "venv", "20260101T000000Z-v1", ok=False)
     assert error == "error: more.txt line 1: -r must name a file in the release"
     assert not (root / "venvs").exists() or not any((root / "venvs").iterdir())
+
+
+def test_a_venv_ends_with_nothing_the_group_or_others_can_write(tmp_path):
+    venv, outside = tmp_path / "venv", tmp_path / "outside.txt"
+    (venv / "lib" / "pkg").mkdir(parents=True)
+    (venv / "lib" / "pkg" / "mod.py").write_text("")
+    (venv / "bin").mkdir()
+    (venv / "bin" / "tool").write_text("#!/bin/sh\n")
+    outside.write_text("")
+    (venv / "bin" / "python").symlink_to(outside)
+    for path, mode in [
+        (venv / "lib", 0o777),
+        (venv / "lib" / "pkg", 0o775),
+        (venv / "lib" / "pkg" / "mod.py", 0o666),
+        (venv / "bin" / "tool", 0o777),
+        (outside, 0o666),
+    ]:
+        path.chmod(mode)
+    sys.path.insert(0, str(SCRIPT.parent))  # it imports release_rules beside it, as on the host
+    spec = importlib.util.spec_from_file_location("eep_releases_under_test", SCRIPT)
+    releases = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(releases)
+    releases.no_group_write(venv)
+    modes = {
+        str(path.relative_to(venv)): oct(path.lstat().st_mode & 0o777)
+        for path in [venv / "lib", venv / "lib/pkg", venv / "lib/pkg/mod.py", venv / "bin/tool"]
+    }
+    assert modes == {
+        "lib": "0o755",
+        "lib/pkg": "0o755",
+        "lib/pkg/mod.py": "0o644",
+        "bin/tool": "0o755",
+    }
+    assert outside.stat().st_mode & 0o777 == 0o666  # a link's target is not the venv's

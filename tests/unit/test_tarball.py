@@ -251,6 +251,16 @@ REFUSED = [
     pytest.param([sym("l", "app"), reg("l/evil.py")], "is a symlink", "l/evil.py", id="under-link"),
     pytest.param([reg(".venv/bin/python")], ".venv", ".venv/bin/python", id="venv"),
     pytest.param([folder(".venv")], ".venv", ".venv", id="venv-dir"),
+    pytest.param([sym(".venv", "app")], ".venv", ".venv", id="venv-link"),
+    pytest.param([reg(".eep/ready")], ".eep", ".eep/ready", id="state-file"),
+    pytest.param([sym(".eep", "app")], ".eep", ".eep", id="state-link"),
+    # On the host .venv is a link to ../../venvs/<hash>: through it, a link leaves the release.
+    pytest.param([sym("static", ".venv/..")], "through .venv", "static", id="via-venv"),
+    pytest.param([sym("env", ".venv")], "through .venv", "env", id="to-venv"),
+    pytest.param([sym("s", "app/../.venv/bin")], "through .venv", "s", id="via-venv-lexical"),
+    pytest.param(
+        [sym("b", "app/.."), sym("a", "b/.venv/..")], "through .venv", "a", id="via-link-venv"
+    ),
 ]
 
 

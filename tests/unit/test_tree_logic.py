@@ -183,3 +183,19 @@ def test_the_sudo_rules_are_read_from_config_sudoers(bake):
     assert ("root", f"{ctl} stop shop") in rules
     assert ("shop", "/etc/eep/shop/reload wait") in rules
     assert len(rules) == 10 and all(who in ("root", "shop") for who, _ in rules)
+
+
+def test_logs_show_what_the_app_wrote_without_letting_it_drive_the_terminal(bake):
+    # A terminal title, a screen clear, a carriage return over the line, a bidi override.
+    hostile = "GET /\x1b]0;owned\x07 \x1b[2J\rok \u202eevil\ttab é\n"
+    shown = "GET /\\x1b]0;owned\\x07 \\x1b[2J\\rok \\u202eevil\ttab é\n"
+    code = (
+        "import shlex\n"
+        "from invoke import run\n"
+        "from eep.control import _PrintableOutput, printable\n"
+        f"print(printable({hostile!r}), end='')\n"
+        # `logs --follow` streams through invoke's runner, as this local command does.
+        f"run('printf %s ' + shlex.quote({hostile!r}), out_stream=_PrintableOutput(), pty=False)\n"
+    )
+    out = run_in_tree(bake().project_path, code)
+    assert out == shown * 2

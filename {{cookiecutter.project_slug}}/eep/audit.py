@@ -119,31 +119,38 @@ class Audit:
             problems.append(f"group {app.RUNTIME_USER} also has {', '.join(extra)}")
         self.record("web socket 0660 www-data, only nginx and the app reach it", problems)
 
-    def _writable_by(self, user: str, paths: list[str], depth: str = "") -> list[str]:
+    def _writable_by(self, user: str, paths: list[str]) -> list[str]:
         """Paths (recursively) that `user` could write through owner, group or other bits."""
         group = self.sh(f"id -gn {user}").strip()
         quoted = " ".join(shlex.quote(p) for p in paths)
         found = self.sh(
-            f"find {quoted} {depth} ! -type l \\( -user {user} -o -group {group} -perm -g=w"
+            f"find {quoted} ! -type l \\( -user {user} -o -group {group} -perm -g=w"
             " -o -perm -o=w \\) -print 2>/dev/null | head -5"
         )
         return found.split()
 
     def read_only_code(self) -> None:
-        # Every release and venv (a rollback runs them), the app root itself (`current`).
-        code = [app.RELEASES_DIR]
-        current = self.sh(f"readlink -e {app.CURRENT}").strip()
-        if current:
-            venv = self.sh(f"readlink -e {app.CURRENT}/.venv").strip()
-            code += [current, f"{app.APP_ROOT}/venvs"] + ([venv] if venv else [])
+        # Everything in the app root but shared/ is code or runs code: releases, venvs (a
+        # rollback runs them), `current`, the deploy agent and uploads in .eep, the pip
+        # cache. None of it may belong to the app or be writable by a group or others.
+        found = self.sh(
+            f"find {app.APP_ROOT} -path {app.SHARED_DIR} -prune -o ! -type l"
+            f" \\( -user {app.RUNTIME_USER} -o -perm /g=w,o=w \\) -printf '%u %m %p\\n'"
+            " 2>/dev/null | head -5"
+        )
+        problems = []
+        for line in found.splitlines():
+            owner, mode, path = line.split(" ", 2)
+            why = (
+                f"belongs to {owner}"
+                if owner == app.RUNTIME_USER
+                else f"is writable by its group or others (mode {mode})"
+            )
+            problems.append(f"{path} {why}")
         configs = [app.CONF_DIR, UWSGI_BINARY, *(f.path for f in HOST_FILES)]
-        runtime = self._writable_by(app.RUNTIME_USER, code + configs)
-        runtime += self._writable_by(app.RUNTIME_USER, [app.APP_ROOT], "-maxdepth 0")
-        problems = [f"{app.RUNTIME_USER} can write {path}" for path in runtime]
-        problems += [
-            f"{app.DEPLOY_USER} can write {path}"
-            for path in self._writable_by(app.DEPLOY_USER, configs)
-        ]
+        for user in (app.RUNTIME_USER, app.DEPLOY_USER):
+            problems += [f"{user} can write {path}" for path in self._writable_by(user, configs)]
+        current = self.sh(f"readlink -e {app.CURRENT}").strip()
         passed = "" if current else "no release deployed yet"
         self.record("the app cannot change its code, venv, uwsgi.ini or config", problems, passed)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 
 from eep import app
@@ -189,8 +190,9 @@ def start(spec: str, *, identity: str = "") -> None:
 
 def _in_release(command: str) -> str:
     """`command` in the current release with its virtualenv, as uWSGI would see the app."""
+    # umask: what the command creates in the release stays the deploy account's to write.
     return (
-        f"cd {app.CURRENT} && export VIRTUAL_ENV={app.CURRENT}/.venv"
+        f"umask 027 && cd {app.CURRENT} && export VIRTUAL_ENV={app.CURRENT}/.venv"
         f" PATH={app.CURRENT}/.venv/bin:$PATH EEP_SHARED_DIR={app.SHARED_DIR} && {command}"
     )
 
@@ -226,6 +228,23 @@ def shell(spec: str, *, identity: str = "") -> int:
     return subprocess.run(shell_command(spec, identity=identity), check=False).returncode
 
 
+def printable(text: str) -> str:
+    """`text` with every control or invisible character (terminal escapes, carriage returns,
+    bidi overrides) shown as an escape such as \\x1b, never interpreted; newlines and
+    tabs stay. The logs hold what the app wrote: it must not drive the reader's terminal."""
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
+class _PrintableOutput:
+    """Where `logs --follow` streams to: standard output, through printable()."""
+
+    def write(self, text: str) -> None:
+        sys.stdout.write(printable(text))
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
 def logs(spec: str, *, identity: str = "", process: str = "", lines: int = 50, follow=False):
     """Print the app's logs: uWSGI and its attached processes, the broker, or nginx's."""
     name = process or "uwsgi"
@@ -236,6 +255,6 @@ def logs(spec: str, *, identity: str = "", process: str = "", lines: int = 50, f
         command += " | grep --line-buffered -i celery"
     with Session(spec, identity) as session:
         if follow:
-            session.remote.conn.run(command, pty=False)
+            session.remote.conn.run(command, pty=False, out_stream=_PrintableOutput())
         else:
-            say(session.remote.run(command).stdout, end="")
+            say(printable(session.remote.run(command).stdout), end="")

@@ -34,6 +34,8 @@ UWSGI_LOG = f"{app.LOG_DIR}/uwsgi.log"
 RELOAD = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/reload"
 RELOAD_DOWN = 3  # its exit status when no uWSGI master runs
 AGENT_FILES = ("releases.py", "tarball.py", "release_rules.py")
+# Modes of what deploy uploads, never the local file's: the app (group) writes none.
+AGENT_MODE, UPLOAD_MODE, INI_MODE = 0o600, 0o600, 0o640
 SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
 
 
@@ -61,14 +63,17 @@ class Session:
             f"{hashlib.sha256((HERE / name).read_bytes()).hexdigest()}  {name}\n"
             for name in AGENT_FILES
         )
+        # .eep is the deploy account's alone (0700, from its mkdir on): the agent it runs
+        # and the tarballs it extracts sit there, out of the app's reach.
         same = self.remote.run(
-            f"mkdir -p -m 750 {AGENT_DIR} && cd {AGENT_DIR} && "
-            f"printf %s {shlex.quote(sums)} | sha256sum --check --status",
+            f"mkdir -p -m 700 {AGENT_DIR} && chmod 700 {AGENT_DIR} && cd {AGENT_DIR} && "
+            f"printf %s {shlex.quote(sums)} | sha256sum --check --status && "
+            f'test -z "$(find {" ".join(AGENT_FILES)} ! -perm {AGENT_MODE:o})"',
             check=False,
         )
         if same.exited != 0:
             for name in AGENT_FILES:
-                self.remote.put(str(HERE / name), f"{AGENT_DIR}/{name}")
+                self.remote.put(str(HERE / name), f"{AGENT_DIR}/{name}", mode=AGENT_MODE)
         # One python process on the host answers every agent() call of the session.
         self.agent_process = self.remote.converse(
             f"python3 {AGENT_DIR}/releases.py --root {app.APP_ROOT} serve"
@@ -245,9 +250,9 @@ def activate_release(session: Session, command: list[str], mode: str, *, undo: b
 
 def _build(session: Session, tarball: Path, release_id: str, has_ini: bool) -> None:
     releases = f"{app.APP_ROOT}/releases"
-    upload = f"{releases}/.upload-{release_id}.tar"
+    upload = f"{AGENT_DIR}/upload-{release_id}.tar"
     with session.step("upload", f"{tarball.name} ({tarball.stat().st_size // 1024} KiB)"):
-        session.remote.put(str(tarball), upload)
+        session.remote.put(str(tarball), upload, mode=UPLOAD_MODE)
     try:
         with session.step("extract"):
             args = [f"{AGENT_DIR}/tarball.py", "extract", upload, f"{releases}/{release_id}"]
@@ -260,13 +265,16 @@ def _build(session: Session, tarball: Path, release_id: str, has_ini: bool) -> N
     finally:
         session.remote.run(f"rm -f {shlex.quote(upload)}")
     if not has_ini:
-        # The release brings no uwsgi.ini: it runs with this tree's.
-        session.remote.put(str(TREE / "uwsgi.ini"), f"{releases}/{release_id}/uwsgi.ini")
+        # The release brings no uwsgi.ini: it runs with this tree's, uploaded into .eep
+        # (where the app cannot open it while its mode is set), then moved in.
+        staged = f"{AGENT_DIR}/uwsgi.ini"
+        session.remote.put(str(TREE / "uwsgi.ini"), staged, mode=INI_MODE)
+        session.remote.run(f"mv -T {staged} {shlex.quote(f'{releases}/{release_id}/uwsgi.ini')}")
+    session.agent("ini", release_id)  # before minutes of pip: the release's uwsgi.ini
     with session.step("venv"):
         venv = session.agent("venv", release_id)
     session.say("", f"virtualenv {venv['venv']} {'reused' if venv['reused'] else 'built'}")
     with session.step("checks"):
-        session.agent("ini", release_id)
         session.agent("smoke", release_id, app.WSGI_MODULE)
         session.agent("steps", release_id)
     session.agent("ready", release_id)

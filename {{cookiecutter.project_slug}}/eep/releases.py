@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -146,12 +147,23 @@ def build_venv(release_id: str, python: str) -> dict:
         # The deploy account's home is root-owned: pip keeps its wheel cache here.
         env = {**os.environ, "PIP_CACHE_DIR": str(ROOT / ".cache" / "pip")}
         _run([*pip, "-r", str(release / "requirements.txt")], release, "pip install", env)
+        no_group_write(venv)
         (venv / ".complete").write_text(now())
     link = release / ".venv"
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(f"../../venvs/{key}")
     return {"venv": key, "reused": reused}
+
+
+def no_group_write(top: Path) -> None:
+    """Clear group and other write below `top`: whatever a package's build or install
+    did despite the umask, the app (the group) cannot change its dependencies."""
+    for folder, dirs, files in os.walk(top):
+        for path in [folder, *(os.path.join(folder, name) for name in dirs + files)]:
+            info = os.lstat(path)
+            if not stat.S_ISLNK(info.st_mode) and info.st_mode & 0o022:
+                os.chmod(path, stat.S_IMODE(info.st_mode) & ~0o022)
 
 
 def smoke(release_id: str, wsgi_module: str) -> dict:
@@ -414,6 +426,7 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     ROOT = Path(args.root)
+    # What the agent, venv builds and release steps create: nothing for the group to write.
     os.umask(0o027)
     if args.command == "serve":
         return serve(parser, args.root)

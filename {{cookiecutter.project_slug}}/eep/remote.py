@@ -8,9 +8,11 @@ path, install a file atomically with its owner and mode.
 from __future__ import annotations
 
 import base64
+import contextlib
 import getpass
 import json
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,9 +224,27 @@ class Remote:
         except HostError as error:
             raise HostError(str(error).replace(full[:80], command[:80])) from None
 
-    def put(self, local: str, remote: str) -> None:
-        """Upload a file over SFTP as the login user (no root involved)."""
-        self.conn.put(local, remote)
+    def put(self, local: str, remote: str, *, mode: int) -> None:
+        """Upload a file over SFTP as the login user (no root involved), with `mode`
+        whatever the local file's mode and umask are.
+
+        The data goes to a new file beside `remote`, which gets its mode before any
+        byte is written, then is renamed over `remote`: no handle opened on the old
+        file writes the new one. Until that chmod the new file has the SFTP server's
+        umask, so `remote` should be in a directory no other account can open.
+        """
+        sftp = self.conn.sftp()
+        temp = f"{remote}.eep-new"
+        with contextlib.suppress(OSError):
+            sftp.remove(temp)  # left by an upload that was cut
+        try:
+            with sftp.open(temp, "wx") as handle, open(local, "rb") as source:
+                handle.chmod(mode)
+                handle.set_pipelined(True)
+                shutil.copyfileobj(source, handle, 32768)
+            sftp.posix_rename(temp, remote)
+        except OSError as error:
+            raise HostError(f"upload to {remote} failed: {error}") from None
 
     def prefetch(self, stat_paths: list[str], read_paths: list[str]) -> None:
         """Read the state of many paths in ONE round trip; read()/stat() answer from it

@@ -42,6 +42,11 @@ EXEC_MODE = 0o750
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 SPECIAL_BIT_NAMES = ((stat.S_ISUID, "setuid"), (stat.S_ISGID, "setgid"), (stat.S_ISVTX, "sticky"))
 UNSAFE_CHARACTERS = frozenset(("Cc", "Cf", "Zl", "Zp"))  # controls, format, separators
+# Made by the host in every release, after the check: the virtualenv link and the
+# state directory. A release may hold neither, and no link of it may pass through
+# `.venv`: checked here as an absent directory, on the host it leads to <root>/venvs/.
+HOST_MADE = (".venv", ".eep")
+HOST_LINK = (".venv",)
 
 FILE, DIRECTORY, SYMLINK, HARDLINK = "file", "directory", "symlink", "hard link"
 FILE_KINDS = (FILE, HARDLINK)
@@ -488,6 +493,12 @@ class _Symlinks:
                 current.pop()
                 continue
             current.append(step)
+            if tuple(current) == HOST_LINK and origin is not None:
+                _refuse(
+                    origin.name,
+                    f"symlink target {_show(origin.symlink_target)} passes through .venv,"
+                    " a link to the virtualenv on the host",
+                )
             if tuple(current) in self._links:
                 current = list(self.resolve_link(tuple(current)))
         return tuple(current)
@@ -553,8 +564,8 @@ class _Checker:
             if len(entry.parts) > len(prefix)
         }
         for path, entry in release.items():
-            if path[0] == ".venv":
-                _refuse(entry.name, ".venv is not allowed in a release (the host builds it)")
+            if path[0] in HOST_MADE:
+                _refuse(entry.name, f"{path[0]} is not allowed in a release (the host makes it)")
         symlinks = _Symlinks({path: e for path, e in release.items() if e.kind == SYMLINK})
         symlinks.check_all()
 
