@@ -350,11 +350,25 @@ def _fifo(name: str) -> tarfile.TarInfo:
     return info
 
 
+WORKER_ONLY_FAILURE = (
+    (REPO / "sample_app" / "app" / "tasks.py")
+    .read_bytes()
+    .replace(
+        b"\nfrom celery import Celery\n",
+        b"\nimport sys\n\nfrom celery import Celery\n\n"
+        b"if sys.argv[0].endswith('celery'):\n    raise RuntimeError('only the worker breaks')\n",
+        1,
+    )
+)
+
+
 @pytest.mark.parametrize(
     ("name", "extra", "reason"),
     [
         ("migration", {"eep.toml": b'[release]\npre_activate = ["exit 3"]\n'}, "step `exit 3`"),
         ("smoke", {"app/wsgi.py": b"raise RuntimeError('boom')\n"}, "smoke check failed"),
+        # Web fine, but the Celery worker could not start on it.
+        ("celery", {"app/tasks.py": WORKER_ONLY_FAILURE}, "Celery check failed"),
     ],
 )
 def test_failing_release_is_marked_failed_and_current_keeps_serving(

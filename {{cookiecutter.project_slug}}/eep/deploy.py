@@ -275,7 +275,8 @@ def _build(session: Session, tarball: Path, release_id: str, has_ini: bool) -> N
         venv = session.agent("venv", release_id)
     session.say("", f"virtualenv {venv['venv']} {'reused' if venv['reused'] else 'built'}")
     with session.step("checks"):
-        session.agent("smoke", release_id, app.WSGI_MODULE)
+        celery = ["--celery", app.CELERY_APP] if app.USE_CELERY else []
+        session.agent("smoke", release_id, app.WSGI_MODULE, *celery)
         session.agent("steps", release_id)
     session.agent("ready", release_id)
 

@@ -166,8 +166,11 @@ def no_group_write(top: Path) -> None:
                 os.chmod(path, stat.S_IMODE(info.st_mode) & ~0o022)
 
 
-def smoke(release_id: str, wsgi_module: str) -> dict:
-    """Import the WSGI callable with the release's own venv, as the app will."""
+def smoke(release_id: str, wsgi_module: str, celery_app: str = "") -> dict:
+    """Import the WSGI callable with the release's own venv, as the app will; with
+    `celery_app`, load the Celery app too (`celery -A APP report`: no broker needed).
+    A worker that cannot load its app would otherwise only fail after activation, once
+    the old worker has finished its tasks."""
     release = release_dir(release_id)
     module, _, attribute = wsgi_module.partition(":")
     code = (
@@ -176,6 +179,9 @@ def smoke(release_id: str, wsgi_module: str) -> dict:
         " assert callable(app), 'not callable'"
     )
     _run([str(release / ".venv" / "bin" / "python"), "-c", code], release, "smoke check")
+    if celery_app:
+        celery = [str(release / ".venv" / "bin" / "celery"), "-A", celery_app, "report"]
+        _run(celery, release, "Celery check")
     return {"smoke": "ok"}
 
 
@@ -372,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["venv"].add_argument("--python", default="/usr/bin/python3")
     sub.add_parser("smoke").add_argument("release_id")
     sub.choices["smoke"].add_argument("wsgi_module")
+    sub.choices["smoke"].add_argument("--celery", default="")
     sub.add_parser("steps").add_argument("release_id")
     sub.add_parser("ini").add_argument("release_id")
     sub.add_parser("ready").add_argument("release_id")
@@ -392,7 +399,7 @@ def dispatch(args: argparse.Namespace) -> dict:
         "unlock": unlock,
         "fail": lambda: fail(args.release_id, args.reason),
         "venv": lambda: build_venv(args.release_id, args.python),
-        "smoke": lambda: smoke(args.release_id, args.wsgi_module),
+        "smoke": lambda: smoke(args.release_id, args.wsgi_module, args.celery),
         "steps": lambda: run_steps(args.release_id),
         "ini": lambda: check_release_ini(args.release_id),
         "ready": lambda: ready(args.release_id),
