@@ -35,15 +35,9 @@ def make_release(root: Path, release_id: str, *, ini: str = "[uwsgi]\n", state="
         (release / ".eep" / state).write_text("why" if state == "failed" else "now")
 
 
-def switch(root: Path) -> tuple[str, ...]:
-    """The trigger argument of `activate` and `rollback`."""
-    return ("--trigger", str(root / "deploy"))
-
-
 @pytest.fixture
 def root(tmp_path) -> Path:
     (tmp_path / "releases").mkdir()
-    (tmp_path / "deploy").write_text("")
     return tmp_path
 
 
@@ -57,32 +51,27 @@ def test_lock_refuses_a_second_holder_and_names_the_first(root):
 
 
 def test_first_activation_needs_a_full_reload_then_a_workers_reload(root):
-    trigger = root / "deploy"
     make_release(root, "20260101T000000Z-v1")
     make_release(root, "20260102T000000Z-v2")
-    first = agent(root, "activate", "20260101T000000Z-v1", *switch(root))
+    first = agent(root, "activate", "20260101T000000Z-v1")
     assert first == {"previous": None, "current": "20260101T000000Z-v1", "reload": "full"}
-    # A full reload leaves the trigger to the caller (touched once the new master runs).
-    assert trigger.read_text() == ""
-    second = agent(root, "activate", "20260102T000000Z-v2", *switch(root))
+    second = agent(root, "activate", "20260102T000000Z-v2")
     assert second["reload"] == "workers" and second["previous"] == "20260101T000000Z-v1"
-    # The trigger touched: the attached Celery worker restarts from the new release.
-    assert trigger.read_text() == "20260102T000000Z-v2\n"
     assert (root / "current").readlink() == Path("releases/20260102T000000Z-v2")
 
 
 def test_changed_uwsgi_ini_needs_a_full_reload(root):
     make_release(root, "20260101T000000Z-v1")
     make_release(root, "20260102T000000Z-v2", ini="[uwsgi]\nprocesses = 4\n")
-    agent(root, "activate", "20260101T000000Z-v1", *switch(root))
-    result = agent(root, "activate", "20260102T000000Z-v2", *switch(root))
+    agent(root, "activate", "20260101T000000Z-v1")
+    result = agent(root, "activate", "20260102T000000Z-v2")
     assert result["reload"] == "full"
 
 
 @pytest.mark.parametrize("state", ["failed", None], ids=["failed", "incomplete"])
 def test_only_ready_releases_can_be_activated(root, state):
     make_release(root, "20260101T000000Z-v1", state=state)
-    message = agent(root, "activate", "20260101T000000Z-v1", *switch(root), ok=False)
+    message = agent(root, "activate", "20260101T000000Z-v1", ok=False)
     assert "is not ready" in message
     assert not (root / "current").exists()
 
@@ -90,21 +79,21 @@ def test_only_ready_releases_can_be_activated(root, state):
 def test_rollback_activates_the_release_activated_before_current(root):
     for day in ("01", "02", "03"):
         make_release(root, f"202601{day}T000000Z-v{day}")
-        agent(root, "activate", f"202601{day}T000000Z-v{day}", *switch(root))
+        agent(root, "activate", f"202601{day}T000000Z-v{day}")
     make_release(root, "20260104T000000Z-bad", state="failed")
-    back = agent(root, "rollback", *switch(root))
+    back = agent(root, "rollback")
     assert (back["current"], back["previous"]) == ("20260102T000000Z-v02", "20260103T000000Z-v03")
     assert (root / "current").readlink() == Path("releases/20260102T000000Z-v02")
-    oldest = agent(root, "rollback", *switch(root), "--to", "20260101T000000Z-v01")
+    oldest = agent(root, "rollback", "--to", "20260101T000000Z-v01")
     assert oldest["current"] == "20260101T000000Z-v01"
-    assert "no release" in agent(root, "rollback", *switch(root), "--to", "nope", ok=False)
+    assert "no release" in agent(root, "rollback", "--to", "nope", ok=False)
     assert (root / "current").readlink() == Path("releases/20260101T000000Z-v01")
 
 
 def test_list_marks_current_failed_and_activation_times(root):
     make_release(root, "20260101T000000Z-1.0")
     make_release(root, "20260102T000000Z-1.1", state="failed")
-    agent(root, "activate", "20260101T000000Z-1.0", *switch(root))
+    agent(root, "activate", "20260101T000000Z-1.0")
     listed = agent(root, "list")["releases"]
     assert [(r["id"], r["version"], r["state"], r["current"]) for r in listed] == [
         ("20260101T000000Z-1.0", "1.0", "ready", True),
@@ -123,8 +112,8 @@ def test_cleanup_keeps_newest_current_and_previous_and_drops_failed(root):
     (root / "venvs" / "used").mkdir()
     (root / "releases" / ids[0] / ".venv").symlink_to("../../venvs/used")
     # v1 was current, then v2 was activated: v1 is "the one before" and must stay.
-    agent(root, "activate", ids[0], *switch(root))
-    agent(root, "activate", ids[1], *switch(root))
+    agent(root, "activate", ids[0])
+    agent(root, "activate", ids[1])
     removed = agent(root, "cleanup", "--keep", "3")["removed"]
     left = sorted(p.name for p in (root / "releases").iterdir())
     assert left == [ids[0], ids[1], *ids[4:], "20260108T000000Z-bad1"]
@@ -141,7 +130,7 @@ def test_serve_answers_each_line_with_one_json_line_and_survives_errors(root):
     requests = [
         ["lock", "alice@laptop"],
         ["lock", "bob@desk"],
-        ["activate", "20260101T000000Z-v1", *switch(root)],
+        ["activate", "20260101T000000Z-v1"],
         ["no-such-command"],
         ["list"],
         ["unlock"],

@@ -14,17 +14,10 @@ import sys
 import time
 
 from eep import app
-from eep.deploy import (
-    CTL,
-    UWSGI_LOG,
-    Session,
-    activate_release,
-    say_celery_restarts,
-    serve,
-    touch_trigger,
-)
 from eep.remote import HostError, Remote, Target, known_hosts_path
 from eep.report import say
+from eep.serving import CTL, UWSGI_LOG, activate_release, say_celery_restarts, serve
+from eep.session import Session
 from eep.supervisor import PROGRAMS
 
 LOGS = {
@@ -125,8 +118,6 @@ def status(spec: str, *, identity: str = "") -> bool:
 def restart(spec: str, *, identity: str = "", mode: str = "chain") -> None:
     """Graceful reload ("chain", "all" or "full"); Celery finishes its task first."""
     with Session(spec, identity) as session:
-        if mode != "full":
-            touch_trigger(session)  # Celery restarts too (a full reload touches it after)
         with session.step("reload") as details:
             details.append(serve(session, mode))
         say_celery_restarts(session)

@@ -248,7 +248,7 @@ def ready(release_id: str) -> dict:
 # -- activation -------------------------------------------------------------------------
 
 
-def activate(release_id: str, trigger: str) -> dict:
+def activate(release_id: str) -> dict:
     """Point `current` at the release (atomic rename) and say how the app must reload."""
     release = release_dir(release_id)
     if not (release / ".eep" / "ready").exists():
@@ -266,11 +266,6 @@ def activate(release_id: str, trigger: str) -> dict:
     else:
         old_ini = (releases_dir() / previous / "uwsgi.ini").read_bytes()
         reload = "workers" if old_ini == (release / "uwsgi.ini").read_bytes() else "full"
-    if reload == "workers":
-        # The attached daemons that name the trigger in touch= (the Celery worker) get
-        # their stop signal, finish their task and start again from the new release.
-        # After a full reload the caller touches it once the new master runs.
-        Path(trigger).write_text(release_id + "\n")
     return {"previous": previous, "current": release_id, "reload": reload}
 
 
@@ -382,9 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("steps").add_argument("release_id")
     sub.add_parser("ini").add_argument("release_id")
     sub.add_parser("ready").add_argument("release_id")
-    for name in ("activate", "rollback"):
-        sub.add_parser(name).add_argument("--trigger", required=True)
-    sub.choices["activate"].add_argument("release_id")
+    sub.add_parser("activate").add_argument("release_id")
+    sub.add_parser("rollback")
     sub.choices["rollback"].add_argument("--to", default="")
     sub.add_parser("list")
     sub.add_parser("cleanup").add_argument("--keep", type=int, required=True)
@@ -403,8 +397,8 @@ def dispatch(args: argparse.Namespace) -> dict:
         "steps": lambda: run_steps(args.release_id),
         "ini": lambda: check_release_ini(args.release_id),
         "ready": lambda: ready(args.release_id),
-        "activate": lambda: activate(args.release_id, args.trigger),
-        "rollback": lambda: activate(rollback_target(args.to), args.trigger),
+        "activate": lambda: activate(args.release_id),
+        "rollback": lambda: activate(rollback_target(args.to)),
         "list": lambda: {"releases": list_releases()},
         "cleanup": lambda: cleanup(args.keep),
         "http-status": lambda: http_status(args.path, args.host),

@@ -1,0 +1,145 @@
+"""How `current` gets served: one place decides between a graceful reload and a start
+through supervisor, and touches the trigger that restarts the attached daemons.
+
+Used by deploy, activate, rollback (eep/deploy.py) and restart, start (eep/control.py).
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+
+from eep import app
+from eep.remote import HostError
+from eep.session import Session
+
+CTL = "sudo -n /usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
+UWSGI_LOG = f"{app.LOG_DIR}/uwsgi.log"
+# Reloads the app as the app user ("chain", "all", "full" or "wait"; see config/reload.py).
+RELOAD = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/reload"
+RELOAD_DOWN = 3  # its exit status when no uWSGI master runs
+
+
+def touch_trigger(session: Session) -> None:
+    """Restart the attached daemons that name the trigger in touch= (the Celery worker)."""
+    session.remote.run(f"date -u +%FT%TZ > {app.DEPLOY_TRIGGER}")
+
+
+class UwsgiDown(HostError):
+    """No uWSGI master runs (stopped, or it exited): only supervisor can start one."""
+
+
+def reload_app(session: Session, mode: str) -> None:
+    """Run the reload script: "chain" / "all" (the web workers, one at a time or all at
+    once), "full" (the master too, re-reading its ini) or "wait" (signal nothing); it
+    returns once every worker serves `current` with the app loaded."""
+    if mode in ("chain", "all"):
+        # The attached daemons get their stop signal now, finish their tasks and start
+        # again from `current`, while the web workers reload.
+        touch_trigger(session)
+    result = session.remote.run(f"{RELOAD} {shlex.quote(mode)}", check=False)
+    if result.exited != 0:
+        lines = result.stderr.strip().splitlines() or [f"reload failed (exit {result.exited})"]
+        error = lines[-1].removeprefix("error: ")
+        raise UwsgiDown(error) if result.exited == RELOAD_DOWN else HostError(error)
+    if mode == "full":
+        renew_daemons(session)
+
+
+def renew_daemons(session: Session) -> None:
+    """After a new or re-executed master: it adopted the old Celery worker by its
+    pidfile, so restart it from `current`. The master looks at touch files once per
+    loop, at least once a second: wait for that, so the old worker takes no new task
+    once the command has returned."""
+    touch_trigger(session)
+    time.sleep(1.2)
+
+
+def program_state(session: Session) -> str:
+    """supervisor's state of the uWSGI program: RUNNING, STARTING, BACKOFF, FATAL, ..."""
+    out = session.remote.run(f"{CTL} status {app.SLUG}", check=False).stdout.split()
+    return out[1] if len(out) > 1 else "UNKNOWN"
+
+
+def start_app(session: Session, timeout: float = 60) -> None:
+    """Have supervisor run uWSGI on `current` and wait until every worker serves.
+
+    A master that exited is restarted by supervisor itself (a few times, then FATAL):
+    one it is restarting is waited for, not stopped (a uWSGI stopped while it starts
+    ignores the signal until supervisor kills it); a stopped or given-up one is started.
+    """
+    deadline = time.monotonic() + timeout
+    why = "it does not stay up"
+    while time.monotonic() < deadline:
+        state = program_state(session)
+        if state == "RUNNING":
+            try:
+                reload_app(session, "wait")
+                return
+            except UwsgiDown as error:  # it exited meanwhile: supervisor restarts it
+                why = str(error)
+        elif state in ("STOPPED", "EXITED", "FATAL"):
+            session.remote.run(f"{CTL} start {app.SLUG}", check=False)
+            continue
+        time.sleep(0.5)
+    raise HostError(f"supervisor could not start {app.SLUG}: {why}")
+
+
+def serve(session: Session, mode: str, *, start_if_failing: bool = False) -> str:
+    """Make uWSGI serve `current` and nginx answer below 500: a graceful reload `mode`
+    when uWSGI runs, a start when it does not. `start_if_failing`: also start it over
+    when the reload fails (going back to a good release after a bad one, which may
+    have left uWSGI half-up or restarting). Returns what was done."""
+    try:
+        reload_app(session, mode)
+        done = mode
+    except UwsgiDown:
+        start_app(session)
+        done = "started (uWSGI was not running)"
+    except HostError:
+        if not start_if_failing:
+            raise
+        start_app(session)
+        done = "started over (the reload failed)"
+    if done != mode and mode != "wait":
+        renew_daemons(session)  # a Celery worker the new master adopted runs old code
+    deadline = time.monotonic() + 60
+    while (status := session.http_status()) >= 500 or status == 0:
+        if time.monotonic() > deadline:
+            raise HostError(f"the app answers {status or 'nothing'}; see {UWSGI_LOG}")
+        time.sleep(0.5)
+    return done
+
+
+def say_celery_restarts(session: Session) -> None:
+    """The trigger was touched: the worker restarts in the background, not before this returns."""
+    if app.USE_CELERY:
+        session.say("", "the Celery worker restarts once its running tasks are done")
+
+
+def activate_release(session: Session, command: list[str], mode: str, *, undo: bool = True) -> str:
+    """Switch `current` (the agent's `activate` or `rollback`), reload; if the app then
+    fails, go back to the release that served before (`undo`). Without `undo` the
+    release is a known-good one brought back: started over if a reload fails."""
+    with session.step("activate") as details:
+        result = session.agent(*command)
+        details.append(result["current"])
+    release_id = result["current"]
+    kind = mode if result["reload"] == "workers" else "full"
+    try:
+        with session.step("reload") as details:
+            details.append(serve(session, kind, start_if_failing=not undo))
+    except HostError as error:
+        previous = result["previous"]
+        if not undo or previous is None:
+            raise HostError(f"{release_id} is active but failing: {error}") from None
+        # Like a failed health check elsewhere: the release that served before comes
+        # back, all workers at once (the failing release serves nothing useful).
+        session.say("failed", f"{release_id}: {error}")
+        session.agent("fail", release_id, f"failed after activation: {error}")
+        activate_release(session, ["activate", previous], "all", undo=False)
+        raise HostError(
+            f"{release_id} failed after activation ({error}); {previous} serves again"
+        ) from None
+    say_celery_restarts(session)
+    return release_id

@@ -1,0 +1,116 @@
+"""One SSH session as the deploy account, with the release agent running on the host.
+
+Every command the developer runs (deploy, rollback, status, restart, ...) opens one:
+it uploads eep/releases.py and friends when the host's copies differ, starts ONE
+python process there that answers each agent() call, and reports steps with their
+duration.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import shlex
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Self
+
+from eep import app
+from eep.remote import Conversation, HostError, Remote, Target
+from eep.report import say
+
+AGENT_DIR = f"{app.APP_ROOT}/.eep"
+HERE = Path(__file__).resolve().parent
+AGENT_FILES = ("releases.py", "tarball.py", "release_rules.py")
+# Modes of what deploy uploads, never the local file's: the app (group) writes none.
+AGENT_MODE, UPLOAD_MODE, INI_MODE = 0o600, 0o600, 0o640
+
+
+class Session:
+    """One SSH connection as the deploy account, with the release tools uploaded."""
+
+    def __init__(self, spec: str, identity: str) -> None:
+        self.target = Target.parse(spec, default_user=app.DEPLOY_USER)
+        self.remote = Remote(self.target, identity=identity, become_root=False)
+        self.timings: dict[str, float] = {}
+        self.agent_process: Conversation | None = None
+
+    def __enter__(self) -> Self:
+        self.remote.open()
+        # Upload the release tools only when the host's copies differ (one round trip).
+        sums = "".join(
+            f"{hashlib.sha256((HERE / name).read_bytes()).hexdigest()}  {name}\n"
+            for name in AGENT_FILES
+        )
+        # .eep is the deploy account's alone (0700, from its mkdir on): the agent it runs
+        # and the tarballs it extracts sit there, out of the app's reach.
+        same = self.remote.run(
+            f"mkdir -p -m 700 {AGENT_DIR} && chmod 700 {AGENT_DIR} && cd {AGENT_DIR} && "
+            f"printf %s {shlex.quote(sums)} | sha256sum --check --status && "
+            f'test -z "$(find {" ".join(AGENT_FILES)} ! -perm {AGENT_MODE:o})"',
+            check=False,
+        )
+        if same.exited != 0:
+            for name in AGENT_FILES:
+                self.remote.put(str(HERE / name), f"{AGENT_DIR}/{name}", mode=AGENT_MODE)
+        # One python process on the host answers every agent() call of the session.
+        self.agent_process = self.remote.converse(
+            f"python3 {AGENT_DIR}/releases.py --root {app.APP_ROOT} serve"
+        )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.agent_process:
+            self.agent_process.close()
+        self.remote.close()
+
+    def say(self, status: str, message: str) -> None:
+        say(f"[{self.target}] {status:<10} {message}")
+
+    def summary(self, what: str, started: float) -> None:
+        """The last line of a command: what it did, in how long, and its steps' times."""
+        parts = ", ".join(f"{name} {secs:.1f} s" for name, secs in self.timings.items())
+        say(f"[{self.target}] {what} in {time.monotonic() - started:.1f} s ({parts})")
+
+    @contextmanager
+    def step(self, name: str, detail: str = ""):
+        """Time the `with` body and report it; words appended to the list it gives
+        are added to the line."""
+        started = time.monotonic()
+        details = [detail] if detail else []
+        yield details
+        self.timings[name] = time.monotonic() - started
+        self.say(name, f"{self.timings[name]:.1f} s" + "".join(f"  {d}" for d in details))
+
+    @contextmanager
+    def locked(self, *, break_lock: bool = False):
+        """Hold the host's deploy lock for the `with` body (refused if someone holds it)."""
+        if break_lock:
+            self.agent("unlock")
+            self.say("lock", "broken on request")
+        self.agent("lock", _lock_holder())
+        try:
+            yield
+        finally:
+            self.agent("unlock")
+
+    def agent(self, *args: str) -> dict:
+        """Run one command of eep/releases.py on the host; its error as a HostError."""
+        line = self.agent_process.ask(json.dumps(args))
+        if not line:
+            raise HostError(f"the release agent stopped: {self.agent_process.last_error()}")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise HostError(answer["error"])
+        return answer["ok"]
+
+    def http_status(self, path: str = "/") -> int:
+        """Status nginx gives for `path` on the app's first domain, asked from the host itself."""
+        return self.agent("http-status", path, app.DOMAINS[0].replace("*.", "www."))["status"]
+
+
+def _lock_holder() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
