@@ -142,3 +142,27 @@ def test_an_app_with_names_of_its_own_is_still_accepted(host, shop, tmp_path):
         again = tree.provision(host)
         assert re.search(r"\] done: 0 changed, \d+ ok$", again.stdout, re.M), again.stdout
     assert_shop_serves(host)
+
+
+def test_a_server_name_taken_outside_the_usual_files_is_refused_by_nginx_t(host, tmp_path):
+    # A site that the check before any change does not read (nginx.conf includes it from
+    # elsewhere): nginx -t only warns, exit 0; provisioning must not enable the new site.
+    site = "server { listen 80; server_name taken.example.com; return 200 other; }"
+    nginx_conf = "/etc/nginx/nginx.conf"
+    host.run(
+        f"mkdir -p /etc/nginx/extra && echo {shlex.quote(site)} > /etc/nginx/extra/other.conf"
+        f" && sed -i 's|^\\s*include /etc/nginx/sites-enabled/\\*;|&\\n"
+        f"include /etc/nginx/extra/*.conf;|' {nginx_conf} && nginx -t && systemctl reload nginx"
+    )
+    wiki = bake_tree(tmp_path, "wiki", domain="taken.example.com")
+    result = wiki.provision(host)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        "FAILED: nginx -t refused the site, previous kept: server name taken.example.com is also"
+        " claimed by another site" in result.stderr
+    ), result.stderr
+    sites = host.run("ls /etc/nginx/sites-enabled /etc/nginx/sites-available").stdout
+    assert "wiki" not in sites.split()
+    served = host.run("curl -s -H 'Host: taken.example.com' http://127.0.0.1/").stdout
+    assert served == "other"
+    assert_shop_serves(host)

@@ -183,7 +183,7 @@ paths = {p: None for p in [*claims.FILES, claims.ENABLED]}
 for top in claims.TOP_DIRS:
     paths.update({p: root_dir for p in claims.ancestors(top)}, **{top: None})
 f = {"accounts": {app.RUNTIME_USER: None, app.DEPLOY_USER: None}, "group": None,
-     "primary": None, "paths": paths, "heads": dict.fromkeys(claims.FILES), "link": None,
+     "primary": None, "paths": paths, "texts": dict.fromkeys(claims.FILES), "link": None,
      "supervisor": [], "nginx": [], "tmpfiles": ""}
 """
 # The same host once eep provisioned the app `shop`.
@@ -192,7 +192,7 @@ f["accounts"] = {"shop": [MARK, 990, "/srv/shop"], "shop-deploy": [MARK, 990, "/
 f["group"], f["primary"] = [990, ["www-data"]], ["shop", "shop-deploy"]
 f["paths"].update({p: ["directory", "0750", "root", "shop"] for p in claims.TOP_DIRS})
 f["paths"].update({p: ["regular file", "0644", "root", "root"] for p in claims.FILES})
-f["heads"] = {p: "# eep: a file of eep\\n" for p in claims.FILES}
+f["texts"] = {p: "# eep: a file of eep\\n" for p in claims.FILES}
 f["paths"][claims.ENABLED], f["link"] = ["symbolic link"], "/etc/nginx/sites-available/shop"
 own = "[fcgi-program:shop]\\n[program:shop-redis]"
 f["supervisor"] = [["/etc/supervisor/conf.d/shop.conf", own]]
@@ -226,7 +226,12 @@ f["tmpfiles"] = "# /etc/tmpfiles.d/eep-shop.conf\\nd /run/shop 0750 root shop -\
         ),
         (
             PROVISIONED,
-            'f["heads"]["/etc/sudoers.d/shop"] = "alice ALL=(ALL) ALL"',
+            'f["texts"]["/etc/sudoers.d/shop"] = "alice ALL=(ALL) ALL"',
+            "/etc/sudoers.d/shop exists and was not written by eep",
+        ),
+        (
+            PROVISIONED,
+            'f["texts"]["/etc/sudoers.d/shop"] = ""',
             "/etc/sudoers.d/shop exists and was not written by eep",
         ),
         (

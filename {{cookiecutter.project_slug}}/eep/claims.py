@@ -4,8 +4,8 @@ The app's names (accounts, group, supervisor programs, nginx server names) and p
 (app root, /run, /var/log, /etc/eep directories and the config files outside them) may
 already exist on a host: a system group such as ssl-cert, /run/lock, /var/lib/dpkg,
 another app's broker program or domain. Taking one over hands the app's accounts
-whatever it guards. So provisioning first reads every fact in one round trip, decides,
-and refuses before it changes anything unless each existing thing is provably eep's:
+whatever it guards. So provisioning first reads every fact, decides, and refuses
+before it changes anything unless each existing thing is provably eep's:
 
 - accounts carry the GECOS mark "eep app <slug>", and the group is the primary group
   of the marked runtime account (useradd creates both at once);
@@ -41,28 +41,15 @@ CTL_KEYWORDS = {"all"}
 # /var/log is root:syslog 0775 and is accepted: syslog is a system daemon).
 GROUP_WRITABLE_PARENTS = {"/var/log"}
 
-# Runs on the host (root, or the deploy account for the audit); prints the facts as JSON.
+# Runs on the host (root, or the deploy account for the audit): the facts that
+# Remote.prefetch does not read, as JSON.
 FACTS = r"""
-import glob, grp, json, os, pwd, stat, subprocess, sys
+import glob, grp, json, os, pwd, subprocess, sys
 want = json.load(sys.stdin)
 def account(name):
     try: e = pwd.getpwnam(name)
     except KeyError: return None
     return [e.pw_gecos, e.pw_gid, e.pw_dir]
-def st(p):
-    try: s = os.lstat(p)
-    except OSError: return None
-    kind = "directory" if stat.S_ISDIR(s.st_mode) else "regular file" if stat.S_ISREG(s.st_mode) \
-        else "symbolic link" if stat.S_ISLNK(s.st_mode) else "other"
-    def name(f, i):
-        try: return f(i)[0]
-        except KeyError: return str(i)
-    return [kind, format(stat.S_IMODE(s.st_mode), "04o"), name(pwd.getpwuid, s.st_uid),
-            name(grp.getgrgid, s.st_gid)]
-def head(p):
-    try: fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError: return None
-    with open(fd, "rb") as f: return f.readline(200).decode(errors="replace")
 def texts(pattern):
     found = []
     for p in sorted(glob.glob(pattern)):
@@ -78,17 +65,17 @@ print(json.dumps({
     "accounts": {n: account(n) for n in want["accounts"]},
     "group": g and [g.gr_gid, g.gr_mem],
     "primary": g and sorted(e.pw_name for e in pwd.getpwall() if e.pw_gid == g.gr_gid),
-    "paths": {p: st(p) for p in want["paths"]},
-    "heads": {p: head(p) for p in want["files"]},
     "link": os.readlink(want["link"]) if os.path.islink(want["link"]) else None,
-    "supervisor": texts("/etc/supervisor/supervisord.conf") + texts("/etc/supervisor/conf.d/*.conf"),
+    "supervisor": sum((texts(p) for p in want["supervisor"]), []),
     "nginx": sum((texts(p) for p in want["nginx"]), []),
     "tmpfiles": tmpfiles,
 }))
 """
 
-# Where Debian's nginx.conf includes sites from (nginx.conf itself may hold servers too).
+# Where Debian's nginx.conf and supervisord.conf include other files from (the main
+# files may hold sections too).
 NGINX_FILES = ["/etc/nginx/nginx.conf", "/etc/nginx/conf.d/*.conf", "/etc/nginx/sites-enabled/*"]
+SUPERVISOR_FILES = ["/etc/supervisor/supervisord.conf", "/etc/supervisor/conf.d/*.conf"]
 
 
 def ancestors(path: str) -> list[str]:
@@ -98,20 +85,23 @@ def ancestors(path: str) -> list[str]:
 
 
 def read_facts(remote: Remote) -> dict:
-    """Everything the decision needs, read in one command that changes nothing."""
+    """Everything the decision needs, read in two commands that change nothing."""
     paths = sorted({p for d in TOP_DIRS for p in [*ancestors(d), d]} | {*FILES, ENABLED})
+    remote.prefetch(paths, FILES)
+    # None: missing, or not readable by this account (the audit as the deploy account).
+    contents = {p: remote.read(p) for p in FILES}
+    texts = {p: None if c is None else c.decode(errors="replace") for p, c in contents.items()}
     request = {
         "accounts": [app.RUNTIME_USER, app.DEPLOY_USER],
         "group": app.RUNTIME_USER,
-        "paths": paths,
-        "files": FILES,
         "link": ENABLED,
+        "supervisor": SUPERVISOR_FILES,
         "nginx": NGINX_FILES,
     }
     out = remote.run(
         f"python3 -c {shlex.quote(FACTS)}", stdin=json.dumps(request).encode(), changes=False
     ).stdout
-    return json.loads(out)
+    return {**json.loads(out), "paths": {p: remote.stat(p) for p in paths}, "texts": texts}
 
 
 def supervisor_sections(text: str) -> list[str]:
@@ -182,9 +172,9 @@ def _paths(facts: dict) -> list[str]:
             problems.append(f"{top} exists ({have[2]}:{have[3]} {have[1]}) and is not eep's")
     for path in FILES:
         have = stats[path]
-        head = facts["heads"][path]
+        text = facts["texts"][path]
         # An unreadable file (the audit as the deploy account) is judged by root's run only.
-        if have and (have[0] != "regular file" or head is not None and not MARKER.match(head)):
+        if have and (have[0] != "regular file" or text is not None and not MARKER.match(text)):
             problems.append(f"{path} exists and was not written by eep")
     if stats[ENABLED] and facts["link"] != host_file("config/nginx.conf").path:
         problems.append(f"{ENABLED} exists and is not eep's link to the app's site")

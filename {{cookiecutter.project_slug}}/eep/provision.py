@@ -20,10 +20,14 @@ from eep.uwsgi import ensure_uwsgi_files
 
 def provision_host(remote: Remote, report: Report) -> None:
     """Every step in order; each reads the host's state first and acts on the difference."""
-    check_system(remote, report)
-    # Before any change: a name or path that is not this app's stops the run here.
-    check_claims(remote, report)
+    has_python = check_system(remote, report)
+    # Before any change: a name or path that is not this app's stops the run here. The
+    # check runs python3 on the host: a host without it gets it with the packages first.
+    if has_python:
+        check_claims(remote, report)
     ensure_packages(remote, report)
+    if not has_python:
+        check_claims(remote, report)
     ensure_services(remote, report)
     # One round trip reads every managed path; the steps below answer from it.
     files = [host_file.path for host_file in HOST_FILES]
