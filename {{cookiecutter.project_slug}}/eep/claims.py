@@ -240,4 +240,4 @@ def check_claims(remote: Remote, report: Report) -> None:
     problems = adoption_problems(read_facts(remote))
     if problems:
         raise HostError(refusal(problems))
-    report.unchanged("names and paths", "none belongs to anyone but this app")
+    report.unchanged("names and paths", "free, or made by eep for this app")
