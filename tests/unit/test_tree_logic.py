@@ -277,7 +277,7 @@ def test_the_app_group_has_exactly_its_accounts_and_nginx(bake):
     assert json.loads(ok) == []
     assert json.loads(extra) == [
         "group shop is the primary group of bob",
-        "group shop has members alice, www-data, not www-data only",
+        "group shop's members are alice, www-data, not www-data alone",
     ]
 
 

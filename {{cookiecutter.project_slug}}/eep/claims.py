@@ -222,10 +222,11 @@ def membership_problems(facts: dict) -> list[str]:
     problems = []
     primary = set(facts["primary"]) - {app.RUNTIME_USER, app.DEPLOY_USER}
     if primary:
-        problems.append(f"group {app.RUNTIME_USER} is the primary group of {', '.join(primary)}")
+        names = ", ".join(sorted(primary))
+        problems.append(f"group {app.RUNTIME_USER} is the primary group of {names}")
     if set(facts["group"][1]) != {"www-data"}:
-        members = ", ".join(sorted(facts["group"][1])) or "nobody"
-        problems.append(f"group {app.RUNTIME_USER} has members {members}, not www-data only")
+        members = ", ".join(sorted(facts["group"][1])) or "none"
+        problems.append(f"group {app.RUNTIME_USER}'s members are {members}, not www-data alone")
     return problems
 
 
