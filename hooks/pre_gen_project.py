@@ -20,8 +20,11 @@ import struct
 import sys
 from collections.abc import Callable
 
-# Names a slug may not take: system accounts and groups of Debian/Ubuntu, and
-# the services eep itself configures. The slug becomes a user AND a group.
+# Names a slug may not take: system accounts and groups of Debian/Ubuntu (some guard
+# keys or devices: ssl-cert, libvirt), the services eep itself configures, directory
+# names Debian uses in /run, /var/log and /var/lib, and names that supervisorctl or
+# nginx read specially. The slug becomes a user, a group and those directories. This
+# list only catches the obvious: provisioning refuses any name the host already uses.
 RESERVED_NAMES = frozenset(
     """
     root daemon bin sys sync games man lp mail news uucp proxy www-data backup
@@ -31,8 +34,14 @@ RESERVED_NAMES = frozenset(
     systemd-journal systemd-network systemd-resolve systemd-timesync
     systemd-coredump polkitd supervisor nginx redis postgres mysql memcache
     uwsgi celery admin wheel ubuntu debian lxd docker eep deploy git www
+    ssl-cert lpadmin libvirt libvirt-qemu wireshark bluetooth scanner sambashare
+    chrony ntp dnsmasq avahi colord pulse rtkit tss uuidd dpkg
+    lock user shm log journal apt private installer sysstat unattended-upgrades
+    all default
     """.split()
 )
+# Names eep derives from a slug: a slug ending so would shadow another app's.
+DERIVED_SUFFIXES = {"-deploy": "deploy account", "-redis": "broker program"}
 
 # A slug leaves room for "<slug>-deploy" within Linux's 32-character limit.
 SLUG_MAX = 25
@@ -44,6 +53,9 @@ CELERY_APP_RE = re.compile(rf"{IDENT}(\.{IDENT})*(:{IDENT})?")
 PATH_RE = re.compile(r"(/[A-Za-z0-9_][A-Za-z0-9._-]*)+")
 SYSTEM_DIRS = ("/tmp", "/var/tmp", "/proc", "/sys", "/dev", "/run", "/var/run")
 SYSTEM_DIRS += ("/etc", "/usr", "/bin", "/sbin", "/lib", "/boot", "/root", "/home")
+SYSTEM_DIRS += ("/var", "/lib32", "/lib64", "/libx32", "/media", "/mnt", "/snap")
+# Known-safe places under those: nginx's own (Debian's /var/www).
+SAFE_DIRS = ("/var/www",)
 CHOICES = {"python_version": ("3.11", "3.12", "3.13"), "use_celery": ("y", "n")}
 RANGES = {
     "keep_releases": (2, 50),
@@ -93,8 +105,9 @@ def check_project_slug(value: str) -> None:
         raise Refused(f"at most {SLUG_MAX} characters (room for '<slug>-deploy')")
     if value in RESERVED_NAMES or value.startswith("systemd-"):
         raise Refused(f"{value!r} is a reserved system name; pick another")
-    if value.endswith("-deploy"):
-        raise Refused("must not end in '-deploy' (that suffix names deploy accounts)")
+    for suffix, what in DERIVED_SUFFIXES.items():
+        if value.endswith(suffix):
+            raise Refused(f"must not end in {suffix!r} (that suffix names an app's {what})")
 
 
 def domain_names(value: str) -> list[str]:
@@ -123,10 +136,14 @@ def check_celery_app(value: str) -> None:
         raise Refused(f"{value!r} is not a dotted module path (package.module[:app])")
 
 
+def _within(path: str, dirs: tuple[str, ...]) -> bool:
+    return path in dirs or path.startswith(tuple(d + "/" for d in dirs))
+
+
 def check_web_root(value: str) -> None:
     path = value.rstrip("/")
-    if path in ("",) + SYSTEM_DIRS or path.startswith(tuple(d + "/" for d in SYSTEM_DIRS)):
-        raise Refused(f"{value!r} is a system directory; use e.g. /srv")
+    if path == "" or _within(path, SYSTEM_DIRS) and not _within(path, SAFE_DIRS):
+        raise Refused(f"{value!r} is a system directory; use e.g. /srv or /var/www")
     if not PATH_RE.fullmatch(path) or "/." in path:
         raise Refused(f"{value!r} must be an absolute path of plain names (no '.', '..')")
 

@@ -62,7 +62,9 @@ class BakedTree:
         return BakedTree(destination, self.slug, self.deploy_key)
 
 
-def bake_tree(directory: Path, slug: str, **answers: str) -> BakedTree:
+def bake_tree(directory: Path, slug: str, *, hooks: bool = True, **answers: str) -> BakedTree:
+    """A baked tree; `hooks=False` skips the hook's checks, to bake an answer it refuses
+    (and so test what the host-side checks do with it)."""
     key = deploy_key(directory)
     context = {
         "project_name": slug.title(),
@@ -71,25 +73,51 @@ def bake_tree(directory: Path, slug: str, **answers: str) -> BakedTree:
         "deploy_ssh_key": key.with_suffix(".pub").read_text().strip(),
         **answers,
     }
-    path = cookiecutter(str(REPO), no_input=True, output_dir=str(directory), extra_context=context)
+    path = cookiecutter(
+        str(REPO),
+        no_input=True,
+        output_dir=str(directory),
+        extra_context=context,
+        accept_hooks=hooks,
+    )
     return BakedTree(Path(path), slug, key)
+
+
+def build_sample_release(version: str, out: Path) -> Path:
+    """The sample app's release tarball for `version`, written into `out`."""
+    build = REPO / "sample_app" / "build_release.py"
+    done = subprocess.run(
+        [sys.executable, str(build), version, str(out)], capture_output=True, text=True, check=True
+    )
+    return Path(done.stdout.strip())
 
 
 # Everything provisioning may touch, except /run (pids change) and logs.
 WATCHED = "/etc/eep /etc/nginx /etc/supervisor /etc/sudoers.d /etc/tmpfiles.d /srv /home"
+WATCHED += " /etc/logrotate.d /etc/systemd/system"
 WATCHED_FILES = "/etc/passwd /etc/group /etc/shadow /etc/gshadow"
+# The broker's data changes while a Celery worker runs: the app's, not provisioning's.
+APP_DATA = "! -path '*/shared/redis/*'"
+# Where an app's directories go, one level deep (owners and modes only; /run/user
+# comes and goes with each SSH login).
+WATCHED_PARENTS = "/run /var/log /var/lib /var/www"
 
 
 def snapshot_state(host) -> str:
-    """Paths, owners, modes, file mtimes and checksums of what provisioning manages, packages.
+    """Paths, owners, modes, file mtimes and checksums of what provisioning manages, packages,
+    supervisor's programs and their states.
 
     Directory mtimes are left out: a temporary file checked and removed beside a
     config changes its directory's mtime, and nothing else.
     """
     return host.run(
         f"find {WATCHED} {WATCHED_FILES} -xdev -type d -printf '%p %M %u %g\\n' | sort;"
-        f" find {WATCHED} {WATCHED_FILES} -xdev ! -type d -printf '%p %M %u %g %T@\\n' | sort;"
-        f" find {WATCHED} -xdev -type f -exec md5sum {{}} + | sort; "
+        f" find {WATCHED} {WATCHED_FILES} -xdev ! -type d {APP_DATA}"
+        " -printf '%p %M %u %g %T@\\n' | sort;"
+        f" find {WATCHED} -xdev -type f {APP_DATA} -exec md5sum {{}} + | sort; "
+        f" find {WATCHED_PARENTS} -maxdepth 1 ! -path /run/user -printf '%p %M %u %g\\n'"
+        " 2>/dev/null | sort;"
+        " supervisorctl status | awk '{print $1, $2}';"
         " dpkg-query -W -f='${Package} ${Version} ${Status}\\n' | md5sum;"
         " systemctl list-unit-files --state=enabled --no-legend | md5sum"
     ).stdout

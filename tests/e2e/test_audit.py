@@ -34,9 +34,10 @@ MODES = "directories as provisioned, nothing for others"
 SETUID = "no setuid/setgid file in releases or venvs"
 SUDO = f"sudo rules of {SLUG}-deploy literal, for this app only"
 DRIFT = "config matches the tree (no drift)"
+OWNERSHIP = "the app's names and paths are eep's, claimed by nothing else"
 SERVICES = "nginx and supervisor enabled at boot and running"
 HOST_KEY = "host key pinned in the tree"
-ALL_CHECKS = [PROCESSES, SOCKET, CODE, MODES, SETUID, SUDO, DRIFT, SERVICES, HOST_KEY]
+ALL_CHECKS = [PROCESSES, SOCKET, CODE, MODES, SETUID, SUDO, DRIFT, OWNERSHIP, SERVICES, HOST_KEY]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def test_a_provisioned_host_with_a_release_passes_every_check(tree, host):
     result = audit(tree, host)
     assert result.returncode == 0, result.stdout + result.stderr
     assert verdicts(result.stdout) == dict.fromkeys(ALL_CHECKS, "PASS")
-    assert re.search(r"audit: 9 passed, 0 failed$", result.stdout, re.M)
+    assert re.search(r"audit: 10 passed, 0 failed$", result.stdout, re.M)
 
 
 # Run as the app user: which of the paths on stdin (NUL-separated) it may write.
@@ -289,6 +290,20 @@ BREAKAGES = [
         f"cp /home/{SLUG}-deploy/.ssh/authorized_keys /home/{SLUG}-deploy/.ssh/authorized_keys2",
         DRIFT,
         f"rm /home/{SLUG}-deploy/.ssh/authorized_keys2",
+    ),
+    (
+        "another-site-claims-the-domain",
+        f"echo 'server {{ listen 81; server_name {SLUG}.example.com; }}'"
+        " > /etc/nginx/sites-enabled/zz-other",
+        OWNERSHIP,
+        "rm /etc/nginx/sites-enabled/zz-other",
+    ),
+    ("app-group-of-another-user", f"useradd -M -g {SLUG} intruder", OWNERSHIP, "userdel intruder"),
+    (
+        "tmpfiles-claims-the-run-dir",
+        f"echo 'z /run/{SLUG} 0755 root root -' > /etc/tmpfiles.d/zz-other.conf",
+        OWNERSHIP,
+        "rm /etc/tmpfiles.d/zz-other.conf",
     ),
     ("nginx-disabled", "systemctl disable -q nginx", SERVICES, "systemctl enable -q nginx"),
     (

@@ -136,7 +136,7 @@ def test_audit_passes_on_a_freshly_provisioned_host(tree, host):
     result = tree.invoke("audit", "--host", spec, "--identity", str(host.key_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no release deployed yet" in result.stdout
-    assert re.search(r"audit: 9 passed, 0 failed$", result.stdout, re.M)
+    assert re.search(r"audit: 10 passed, 0 failed$", result.stdout, re.M)
 
 
 def test_shared_default_redis_is_off_and_the_private_one_has_no_tcp_port(host):

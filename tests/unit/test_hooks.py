@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import re
 import struct
 
 import pytest
@@ -86,3 +87,40 @@ def test_post_gen_drops_celery_files_and_records_answers(tmp_path):
         "project_slug": "shop",
         "use_celery": "n",
     }
+
+
+@pytest.mark.parametrize(
+    ("slug", "problem"),
+    [
+        ("all", "reserved system name"),  # supervisorctl: stop all = every program
+        ("default", "reserved system name"),  # Debian's nginx site
+        ("ssl-cert", "reserved system name"),  # a group that reads TLS private keys
+        ("lock", "reserved system name"),  # /run/lock
+        ("journal", "reserved system name"),  # /var/log/journal
+        ("private", "reserved system name"),  # /var/log/private
+        ("dpkg", "reserved system name"),  # /var/lib/dpkg
+        ("shop-redis", "must not end in '-redis' (that suffix names an app's broker program)"),
+        ("shop-deploy", "must not end in '-deploy' (that suffix names an app's deploy account)"),
+    ],
+)
+def test_slugs_that_name_what_eep_derives_or_the_system_uses_are_refused(slug, problem):
+    with pytest.raises(pre.Refused, match=re.escape(problem)):
+        pre.check_project_slug(slug)
+
+
+@pytest.mark.parametrize("slug", ["shop", "redis-cache", "deployer", "allsorts", "my_app"])
+def test_ordinary_slugs_are_accepted(slug):
+    pre.check_project_slug(slug)
+
+
+@pytest.mark.parametrize(
+    "web_root", ["/var", "/var/lib", "/var/log/apps", "/var/wwwx", "/mnt/apps", "/home", "/run"]
+)
+def test_system_directories_are_refused_as_web_root(web_root):
+    with pytest.raises(pre.Refused, match="is a system directory"):
+        pre.check_web_root(web_root)
+
+
+@pytest.mark.parametrize("web_root", ["/srv", "/srv/apps", "/var/www", "/var/www/apps", "/opt"])
+def test_known_safe_web_roots_are_accepted(web_root):
+    pre.check_web_root(web_root)

@@ -199,3 +199,123 @@ def test_logs_show_what_the_app_wrote_without_letting_it_drive_the_terminal(bake
     )
     out = run_in_tree(bake().project_path, code)
     assert out == shown * 2
+
+
+# Facts of a host where nothing of the app exists yet (eep.claims.read_facts's shape).
+FRESH_HOST = """
+import json
+from eep import app, claims
+from eep.accounts import MARK
+root_dir = ["directory", "0755", "root", "root"]
+paths = {p: None for p in [*claims.FILES, claims.ENABLED]}
+for top in claims.TOP_DIRS:
+    paths.update({p: root_dir for p in claims.ancestors(top)}, **{top: None})
+f = {"accounts": {app.RUNTIME_USER: None, app.DEPLOY_USER: None}, "group": None,
+     "primary": None, "paths": paths, "texts": dict.fromkeys(claims.FILES), "link": None,
+     "supervisor": [], "nginx": [], "tmpfiles": ""}
+"""
+# The same host once eep provisioned the app `shop`.
+PROVISIONED = """
+f["accounts"] = {"shop": [MARK, 990, "/srv/shop"], "shop-deploy": [MARK, 990, "/home/x"]}
+f["group"], f["primary"] = [990, ["www-data"]], ["shop", "shop-deploy"]
+f["paths"].update({p: ["directory", "0750", "root", "shop"] for p in claims.TOP_DIRS})
+f["paths"].update({p: ["regular file", "0644", "root", "root"] for p in claims.FILES})
+f["texts"] = {p: "# eep: a file of eep\\n" for p in claims.FILES}
+f["paths"][claims.ENABLED], f["link"] = ["symbolic link"], "/etc/nginx/sites-available/shop"
+own = "[fcgi-program:shop]\\n[program:shop-redis]"
+f["supervisor"] = [["/etc/supervisor/conf.d/shop.conf", own]]
+f["nginx"] = [["/etc/nginx/sites-enabled/shop", "server_name shop.example.com;"]]
+f["tmpfiles"] = "# /etc/tmpfiles.d/eep-shop.conf\\nd /run/shop 0750 root shop -\\n"
+"""
+
+
+@pytest.mark.parametrize(
+    ("host", "change", "refusal"),
+    [
+        ("", "", ""),
+        (PROVISIONED, "", ""),
+        ("", 'f["group"], f["primary"] = [110, []], []', "group shop exists and was not made"),
+        (PROVISIONED, 'f["accounts"]["shop"][1] = 1', "group shop exists and was not made"),
+        ("", 'f["accounts"]["shop"] = ["", 5, "/"]', "user shop exists and was not made"),
+        (
+            "",
+            'f["paths"]["/run/shop"] = ["directory", "1777", "root", "root"]',
+            "/run/shop exists (root:root 1777) and is not eep's",
+        ),
+        (
+            PROVISIONED,
+            'f["paths"]["/var/log/shop"] = ["directory", "2755", "root", "systemd-journal"]',
+            "/var/log/shop exists (root:systemd-journal 2755) and is not eep's",
+        ),
+        (
+            "",
+            'f["paths"]["/srv"] = ["directory", "0755", "alice", "alice"]',
+            "/srv (directory alice:alice 0755) is not a directory only root can change",
+        ),
+        (
+            PROVISIONED,
+            'f["texts"]["/etc/sudoers.d/shop"] = "alice ALL=(ALL) ALL"',
+            "/etc/sudoers.d/shop exists and was not written by eep",
+        ),
+        (
+            PROVISIONED,
+            'f["texts"]["/etc/sudoers.d/shop"] = ""',
+            "/etc/sudoers.d/shop exists and was not written by eep",
+        ),
+        (
+            PROVISIONED,
+            'f["link"] = "/etc/nginx/sites-available/default"',
+            "/etc/nginx/sites-enabled/shop exists and is not eep's link",
+        ),
+        (
+            PROVISIONED,
+            'f["supervisor"].append(["/etc/supervisor/conf.d/x.conf", " [program:shop-redis]"])',
+            "supervisor program shop-redis is already defined in /etc/supervisor/conf.d/x.conf",
+        ),
+        (
+            PROVISIONED,
+            'f["nginx"].append(["/etc/nginx/sites-enabled/x",'
+            ' "server_name a\\n WWW.shop.example.com;"])',
+            "server name www.shop.example.com is already served by /etc/nginx/sites-enabled/x",
+        ),
+        ("", 'f["nginx"].append(["/etc/nginx/conf.d/x", "# server_name shop.example.com;"])', ""),
+        (
+            PROVISIONED,
+            'f["tmpfiles"] += "# /usr/lib/tmpfiles.d/x.conf\\nz /var/log/shop/x 0755 - - -\\n"',
+            "/var/log/shop/x is also managed by /usr/lib/tmpfiles.d/x.conf",
+        ),
+    ],
+)
+def test_provisioning_refuses_what_eep_did_not_make(bake, host, change, refusal):
+    code = f"{FRESH_HOST}{host}{change}\nprint(json.dumps(claims.adoption_problems(f)))"
+    found = json.loads(
+        run_in_tree(bake(domain="shop.example.com www.shop.example.com").project_path, code)
+    )
+    # The first problem is the line the user sees.
+    assert found[0].startswith(refusal) if refusal else found == [], found
+
+
+def test_the_app_group_has_exactly_its_accounts_and_nginx(bake):
+    code = (
+        f"{FRESH_HOST}{PROVISIONED}\nprint(json.dumps(claims.membership_problems(f)))\n"
+        'f["group"][1].append("alice"); f["primary"].append("bob")\n'
+        "print(json.dumps(claims.membership_problems(f)))"
+    )
+    ok, extra = run_in_tree(bake().project_path, code).splitlines()
+    assert json.loads(ok) == []
+    assert json.loads(extra) == [
+        "group shop is the primary group of bob",
+        "group shop's members are alice, www-data, not www-data alone",
+    ]
+
+
+@pytest.mark.parametrize("use_celery", ["y", "n"])
+def test_every_config_outside_the_apps_directories_carries_eeps_mark(bake, use_celery):
+    code = (
+        "from eep import claims, manifest\n"
+        "for f in manifest.HOST_FILES:\n"
+        "    if f.path in claims.FILES:\n"
+        "        print(bool(claims.MARKER.match(manifest.render(f))), f.path)"
+    )
+    marks = run_in_tree(bake(use_celery=use_celery).project_path, code).splitlines()
+    assert len(marks) == 7 and all(line.startswith("True ") for line in marks), marks

@@ -21,28 +21,26 @@ def _passwd(remote: Remote, user: str) -> list[str] | None:
     return line.split(":") if line else None
 
 
-def ensure_group(remote: Remote, report: Report, group: str) -> None:
-    if group_members(remote, group) is not None:
-        report.unchanged(f"group {group}")
-    elif report.change(f"group {group}", "created"):
-        remote.run(f"groupadd --system {group}")
-
-
 def ensure_user(remote: Remote, report: Report, user: str, *, home: str, shell: str) -> None:
     """A user whose primary group is the app's, with this home and shell.
 
     Both accounts share the app group: whatever the deploy account creates (releases,
     virtualenvs) is readable by the runtime user, and writable only by its owner.
-    Refuses to take over an account eep did not make.
+    Refuses to take over an account eep did not make. The runtime account comes with
+    its group in one command: a group without its marked account is never eep's.
     """
     entry = _passwd(remote, user)
     step = f"user {user}"
     if entry is None:
-        if report.change(step, "created"):
-            options = "--system --no-create-home" if user == app.RUNTIME_USER else "--create-home"
+        runtime = user == app.RUNTIME_USER
+        if report.change(step, "created, with its group" if runtime else "created"):
+            options = (
+                "--system --no-create-home --user-group"
+                if runtime
+                else f"--create-home --gid {app.RUNTIME_USER}"
+            )
             remote.run(
-                f"useradd {options} --gid {app.RUNTIME_USER} --home-dir {home} --shell {shell}"
-                f" --comment '{MARK}' {user}"
+                f"useradd {options} --home-dir {home} --shell {shell} --comment '{MARK}' {user}"
             )
         return
     if entry[4] != MARK:
@@ -74,8 +72,7 @@ def ensure_member(remote: Remote, report: Report, user: str, group: str, why: st
 
 
 def ensure_accounts(remote: Remote, report: Report) -> bool:
-    """Create or fix both accounts; True when nginx's groups changed (it must reload)."""
-    ensure_group(remote, report, app.RUNTIME_USER)
+    """Create or fix both accounts and the app group; True when nginx's groups changed."""
     ensure_user(remote, report, app.RUNTIME_USER, home=app.APP_ROOT, shell="/usr/sbin/nologin")
     ensure_user(remote, report, app.DEPLOY_USER, home=f"/home/{app.DEPLOY_USER}", shell="/bin/bash")
     return ensure_member(

@@ -18,6 +18,7 @@ import paramiko
 
 from eep import app
 from eep.accounts import group_members
+from eep.claims import TOP_DIRS, adoption_problems, membership_problems, read_facts
 from eep.files import file_difference
 from eep.layout import DIRECTORIES
 from eep.manifest import HOST_FILES, RETIRED_FILES, host_file
@@ -26,8 +27,6 @@ from eep.remote import Remote, Target, known_hosts_path
 from eep.report import say
 from eep.sudoers import rules as sudo_rules
 
-# Every top directory of the app: no permission at all for other accounts.
-TOP_DIRS = [app.APP_ROOT, app.LOG_DIR, app.CONF_DIR, app.RUN_DIR, f"/home/{app.DEPLOY_USER}"]
 UWSGI_BINARY = "/usr/bin/uwsgi-core"
 
 # Runs on the host: every process that belongs to the app (started with one of its
@@ -225,6 +224,12 @@ class Audit:
         passed = f"not readable without root: {', '.join(unread)}" if unread else ""
         self.record("config matches the tree (no drift)", problems, passed)
 
+    def ownership(self) -> None:
+        """What provisioning refuses to take over: the app's names and paths are eep's."""
+        facts = read_facts(self.remote)
+        problems = adoption_problems(facts) + membership_problems(facts)
+        self.record("the app's names and paths are eep's, claimed by nothing else", problems)
+
     def services(self) -> None:
         problems = []
         for service in ("nginx", "supervisor"):
@@ -254,6 +259,7 @@ class Audit:
         self.no_setuid()
         self.sudoers()
         self.drift()
+        self.ownership()
         self.services()
         self.host_key()
         return self.checks

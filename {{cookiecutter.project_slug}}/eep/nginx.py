@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from eep import app
 from eep.files import ensure_file
 from eep.manifest import host_file
@@ -65,12 +67,17 @@ def ensure_site(remote: Remote, report: Report, *, reload: bool = False) -> None
     if report.check or not (changed or reload):
         return
     test = remote.run("nginx -t", check=False)
-    if test.exited != 0:
+    # Only a warning, exit 0: one of two sites with the same server name is ignored.
+    ours = {name.lower() for name in app.DOMAINS}
+    taken = [n for n in re.findall(r'conflicting server name "([^"]*)"', test.stderr)]
+    taken = [name for name in taken if name.lower() in ours]
+    if test.exited != 0 or taken:
         # Put back what nginx accepted before, so it keeps serving and a re-run works.
         remote.run(
             f"if [ -f {backup} ]; then mv -f {backup} {site.path}; else rm -f {ENABLED} {site.path}; fi"
         )
         errors = [line for line in test.stderr.splitlines() if "emerg" in line or "error" in line]
+        errors += [f"server name {name} is also claimed by another site" for name in taken]
         raise HostError(f"nginx -t refused the site, previous kept: {(errors or ['?'])[0]}")
     remote.run(f"rm -f {backup} && systemctl reload nginx")
     report.change("nginx", "reloaded")

@@ -16,8 +16,11 @@ if app.USE_CELERY:
     PACKAGES.append("redis-server")
 
 
-def check_system(remote: Remote, report: Report) -> None:
-    """Refuse hosts that are not Debian/Ubuntu or whose Python differs from the answered one."""
+def check_system(remote: Remote, report: Report) -> bool:
+    """Refuse hosts that are not Debian/Ubuntu or whose Python differs from the answered one.
+
+    Returns whether python3 is installed yet.
+    """
     os_release = remote.run("cat /etc/os-release", check=False, changes=False).stdout
     fields = dict(
         line.split("=", 1) for line in os_release.splitlines() if "=" in line and line[0] != "#"
@@ -38,6 +41,7 @@ def check_system(remote: Remote, report: Report) -> None:
             " (re-bake with the host's python_version)"
         )
     report.unchanged("system", f"{name}, python3 {version or 'not installed yet'}")
+    return found.exited == 0
 
 
 def missing_packages(remote: Remote) -> list[str]:

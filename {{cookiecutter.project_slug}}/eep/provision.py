@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from eep.accounts import ensure_accounts
+from eep.claims import check_claims
 from eep.files import ensure_absent
 from eep.layout import DIRECTORIES, RUN_DIRECTORIES, ensure_layout, ensure_run_dirs
 from eep.manifest import HOST_FILES, RETIRED_FILES
@@ -19,8 +20,14 @@ from eep.uwsgi import ensure_uwsgi_files
 
 def provision_host(remote: Remote, report: Report) -> None:
     """Every step in order; each reads the host's state first and acts on the difference."""
-    check_system(remote, report)
+    has_python = check_system(remote, report)
+    # Before any change: a name or path that is not this app's stops the run here. The
+    # check runs python3 on the host: a host without it gets it with the packages first.
+    if has_python:
+        check_claims(remote, report)
     ensure_packages(remote, report)
+    if not has_python:
+        check_claims(remote, report)
     ensure_services(remote, report)
     # One round trip reads every managed path; the steps below answer from it.
     files = [host_file.path for host_file in HOST_FILES]

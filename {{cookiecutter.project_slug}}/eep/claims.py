@@ -1,0 +1,244 @@
+"""Names and paths this app claims on a host: provisioning never takes over one eep did not make.
+
+The app's names (accounts, group, supervisor programs, nginx server names) and paths
+(app root, /run, /var/log, /etc/eep directories and the config files outside them) may
+already exist on a host: a system group such as ssl-cert, /run/lock, /var/lib/dpkg,
+another app's broker program or domain. Taking one over hands the app's accounts
+whatever it guards. So provisioning first reads every fact, decides, and refuses
+before it changes anything unless each existing thing is provably eep's:
+
+- accounts carry the GECOS mark "eep app <slug>", and the group is the primary group
+  of the marked runtime account (useradd creates both at once);
+- directories belong to the app's group (only root could have given them to it);
+- config files begin with eep's comment line ("# eep: ..." or "; eep: ...");
+- no other supervisor section, tmpfiles.d line or nginx site names what the app uses.
+
+`invoke audit` checks the same, and that the group has exactly the expected members.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+from eep import app
+from eep.accounts import MARK
+from eep.manifest import HOST_FILES, host_file
+from eep.nginx import ENABLED
+from eep.remote import HostError, Remote
+from eep.report import Report
+from eep.supervisor import PROGRAMS
+
+# Top directories of the app: everything below them is made by eep or its accounts.
+TOP_DIRS = [app.APP_ROOT, app.LOG_DIR, app.CONF_DIR, app.RUN_DIR, f"/home/{app.DEPLOY_USER}"]
+# Config files with fixed names outside those directories, recognised by their first line.
+FILES = [f.path for f in HOST_FILES if not f.path.startswith(tuple(d + "/" for d in TOP_DIRS))]
+MARKER = re.compile(r"[#;] eep: ")
+# supervisorctl reads these as "every program" rather than as a program name.
+CTL_KEYWORDS = {"all"}
+# A parent another account can write lets it swap the directory below (Ubuntu's
+# /var/log is root:syslog 0775 and is accepted: syslog is a system daemon).
+GROUP_WRITABLE_PARENTS = {"/var/log"}
+
+# Runs on the host (root, or the deploy account for the audit): the facts that
+# Remote.prefetch does not read, as JSON.
+FACTS = r"""
+import glob, grp, json, os, pwd, subprocess, sys
+want = json.load(sys.stdin)
+def account(name):
+    try: e = pwd.getpwnam(name)
+    except KeyError: return None
+    return [e.pw_gecos, e.pw_gid, e.pw_dir]
+def texts(pattern):
+    found = []
+    for p in sorted(glob.glob(pattern)):
+        try: found.append([p, open(p, errors="replace").read()])
+        except OSError: pass
+    return found
+try: g = grp.getgrnam(want["group"])
+except KeyError: g = None
+try: tmpfiles = subprocess.run(["systemd-tmpfiles", "--cat-config"], capture_output=True,
+                               text=True).stdout
+except OSError: tmpfiles = ""
+print(json.dumps({
+    "accounts": {n: account(n) for n in want["accounts"]},
+    "group": g and [g.gr_gid, g.gr_mem],
+    "primary": g and sorted(e.pw_name for e in pwd.getpwall() if e.pw_gid == g.gr_gid),
+    "link": os.readlink(want["link"]) if os.path.islink(want["link"]) else None,
+    "supervisor": sum((texts(p) for p in want["supervisor"]), []),
+    "nginx": sum((texts(p) for p in want["nginx"]), []),
+    "tmpfiles": tmpfiles,
+}))
+"""
+
+# Where Debian's nginx.conf and supervisord.conf include other files from (the main
+# files may hold sections too).
+NGINX_FILES = ["/etc/nginx/nginx.conf", "/etc/nginx/conf.d/*.conf", "/etc/nginx/sites-enabled/*"]
+SUPERVISOR_FILES = ["/etc/supervisor/supervisord.conf", "/etc/supervisor/conf.d/*.conf"]
+
+
+def ancestors(path: str) -> list[str]:
+    """'/srv/shop' -> ['/', '/srv']."""
+    parts = path.strip("/").split("/")[:-1]
+    return ["/"] + ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def read_facts(remote: Remote) -> dict:
+    """Everything the decision needs, read in two commands that change nothing."""
+    paths = sorted({p for d in TOP_DIRS for p in [*ancestors(d), d]} | {*FILES, ENABLED})
+    remote.prefetch(paths, FILES)
+    # None: missing, or not readable by this account (the audit as the deploy account).
+    contents = {p: remote.read(p) for p in FILES}
+    texts = {p: None if c is None else c.decode(errors="replace") for p, c in contents.items()}
+    request = {
+        "accounts": [app.RUNTIME_USER, app.DEPLOY_USER],
+        "group": app.RUNTIME_USER,
+        "link": ENABLED,
+        "supervisor": SUPERVISOR_FILES,
+        "nginx": NGINX_FILES,
+    }
+    out = remote.run(
+        f"python3 -c {shlex.quote(FACTS)}", stdin=json.dumps(request).encode(), changes=False
+    ).stdout
+    return {**json.loads(out), "paths": {p: remote.stat(p) for p in paths}, "texts": texts}
+
+
+def supervisor_sections(text: str) -> list[str]:
+    """Program and group names of a supervisor config: '[program:x]' -> 'x'."""
+    return re.findall(
+        r"(?m)^\s*\[(?:program|fcgi-program|eventlistener|group):([^\]\s]+)\s*\]", text
+    )
+
+
+def nginx_claims(text: str) -> tuple[set[str], set[str]]:
+    """(server names, upstream names) an nginx config file declares."""
+    text = re.sub(r"#[^\n]*", "", text)
+    names = {n.lower() for m in re.findall(r"\bserver_name\s+([^;]*);", text) for n in m.split()}
+    return names, set(re.findall(r"\bupstream\s+(\S+)\s*\{", text))
+
+
+def tmpfiles_entries(text: str) -> list[tuple[str, str]]:
+    """(config file, path) of every line of `systemd-tmpfiles --cat-config`."""
+    entries, source = [], "?"
+    for line in text.splitlines():
+        if header := re.fullmatch(r"# (/\S+\.conf)", line.strip()):
+            source = header.group(1)
+        elif line.strip() and not line.lstrip().startswith("#") and len(line.split()) > 1:
+            entries.append((source, line.split()[1]))
+    return entries
+
+
+def _under(path: str, dirs: list[str]) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in dirs)
+
+
+def _group_is_ours(facts: dict) -> bool:
+    """The group exists as the primary group of the runtime account eep marked."""
+    runtime, group = facts["accounts"][app.RUNTIME_USER], facts["group"]
+    return bool(group and runtime and runtime[0] == MARK and runtime[1] == group[0])
+
+
+def _accounts_and_group(facts: dict) -> list[str]:
+    problems = [
+        f"user {name} exists and was not made by eep for this app"
+        for name, entry in facts["accounts"].items()
+        if entry and entry[0] != MARK
+    ]
+    if facts["group"] and not _group_is_ours(facts):
+        problems.append(f"group {app.RUNTIME_USER} exists and was not made by eep for this app")
+    return problems
+
+
+def _paths(facts: dict) -> list[str]:
+    problems = []
+    stats = facts["paths"]
+    for top in TOP_DIRS:
+        for parent in ancestors(top):
+            have = stats[parent]
+            if have is None:
+                continue
+            mode = int(have[1], 8)
+            open_to = 0o002 if parent in GROUP_WRITABLE_PARENTS else 0o022
+            if have[0] != "directory" or have[2] != "root" or mode & open_to:
+                problems.append(
+                    f"{parent} ({have[0]} {have[2]}:{have[3]} {have[1]}) is not a directory"
+                    f" only root can change; {top} below it could be swapped"
+                )
+        have = stats[top]
+        # Only root can give a directory to the app's group: one that has it is eep's.
+        ours = have and have[0] == "directory" and have[3] == app.RUNTIME_USER
+        if have and not (ours and _group_is_ours(facts)):
+            problems.append(f"{top} exists ({have[2]}:{have[3]} {have[1]}) and is not eep's")
+    for path in FILES:
+        have = stats[path]
+        text = facts["texts"][path]
+        # An unreadable file (the audit as the deploy account) is judged by root's run only.
+        if have and (have[0] != "regular file" or text is not None and not MARKER.match(text)):
+            problems.append(f"{path} exists and was not written by eep")
+    if stats[ENABLED] and facts["link"] != host_file("config/nginx.conf").path:
+        problems.append(f"{ENABLED} exists and is not eep's link to the app's site")
+    return problems
+
+
+def _other_claims(facts: dict) -> list[str]:
+    """Names and paths that another program, site or tmpfiles.d file already uses."""
+    problems = []
+    own_conf = host_file("config/supervisor.conf").path
+    for path, text in facts["supervisor"]:
+        for name in supervisor_sections(text):
+            if path != own_conf and name in PROGRAMS:
+                problems.append(f"supervisor program {name} is already defined in {path}")
+    own_site = {host_file("config/nginx.conf").path, ENABLED}
+    wanted = {d.lower() for d in app.DOMAINS}
+    for path, text in facts["nginx"]:
+        if path in own_site:
+            continue
+        names, upstreams = nginx_claims(text)
+        for name in sorted(names & wanted):
+            problems.append(f"server name {name} is already served by {path}")
+        if f"eep_{app.SLUG}" in upstreams:
+            problems.append(f"nginx upstream eep_{app.SLUG} is already defined in {path}")
+    own_tmpfiles = host_file("config/tmpfiles.conf").path
+    for source, path in tmpfiles_entries(facts["tmpfiles"]):
+        if source != own_tmpfiles and _under(path, TOP_DIRS):
+            problems.append(f"{path} is also managed by {source} (systemd-tmpfiles)")
+    return problems
+
+
+def adoption_problems(facts: dict) -> list[str]:
+    """Why provisioning must not go on: each a sentence naming what is not eep's."""
+    problems = []
+    if app.SLUG in CTL_KEYWORDS:
+        problems.append(f"{app.SLUG!r} is a supervisorctl keyword (stop {app.SLUG} = every app)")
+    problems += _accounts_and_group(facts) + _paths(facts) + _other_claims(facts)
+    return list(dict.fromkeys(problems))  # parents shared by several directories: once
+
+
+def membership_problems(facts: dict) -> list[str]:
+    """The app group's members beyond its two accounts (primary) and nginx (supplementary)."""
+    if not facts["group"]:
+        return [f"group {app.RUNTIME_USER} is missing"]
+    problems = []
+    primary = set(facts["primary"]) - {app.RUNTIME_USER, app.DEPLOY_USER}
+    if primary:
+        names = ", ".join(sorted(primary))
+        problems.append(f"group {app.RUNTIME_USER} is the primary group of {names}")
+    if set(facts["group"][1]) != {"www-data"}:
+        members = ", ".join(sorted(facts["group"][1])) or "none"
+        problems.append(f"group {app.RUNTIME_USER}'s members are {members}, not www-data alone")
+    return problems
+
+
+def refusal(problems: list[str]) -> str:
+    """One line for the user: the first problem, and how many more."""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"refusing to take over what eep did not create: {problems[0]}{more}"
+
+
+def check_claims(remote: Remote, report: Report) -> None:
+    """Refuse, before any change, to take over a name or path eep did not make for this app."""
+    problems = adoption_problems(read_facts(remote))
+    if problems:
+        raise HostError(refusal(problems))
+    report.unchanged("names and paths", "free, or made by eep for this app")
