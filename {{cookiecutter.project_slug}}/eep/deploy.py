@@ -20,7 +20,7 @@ from eep.remote import HostError
 from eep.report import say
 from eep.serving import activate_release
 from eep.session import AGENT_DIR, INI_MODE, UPLOAD_MODE, Session
-from eep.tarball import TarballError, inspect
+from eep.tarball import ReleaseInfo, TarballError, inspect
 
 SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
 
@@ -33,7 +33,7 @@ def version_of(filename: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", version)[:40] or "release"
 
 
-def _build(session: Session, tarball: Path, release_id: str, has_ini: bool) -> None:
+def _build(session: Session, tarball: Path, release_id: str, info: ReleaseInfo) -> None:
     releases = f"{app.APP_ROOT}/releases"
     upload = f"{AGENT_DIR}/upload-{release_id}.tar"
     with session.step("upload", f"{tarball.name} ({tarball.stat().st_size // 1024} KiB)"):
@@ -49,14 +49,16 @@ def _build(session: Session, tarball: Path, release_id: str, has_ini: bool) -> N
                 raise HostError("refused on the host: " + lines[-1].removeprefix("error: "))
     finally:
         session.remote.run(f"rm -f {shlex.quote(upload)}")
-    if not has_ini:
+    if not info.has_uwsgi_ini:
         # The release brings no uwsgi.ini: it runs with this tree's, uploaded into .eep
         # (where the app cannot open it while its mode is set), then moved in.
         staged = f"{AGENT_DIR}/uwsgi.ini"
         session.remote.put(str(TREE / "uwsgi.ini"), staged, mode=INI_MODE)
         session.remote.run(f"mv -T {staged} {shlex.quote(f'{releases}/{release_id}/uwsgi.ini')}")
     session.agent("ini", release_id)  # before minutes of pip: the release's uwsgi.ini
-    with session.step("venv"):
+    with session.step(
+        "venv", progress=f"pip install -r requirements.txt{_listing(tarball, info.root_prefix)}"
+    ):
         venv = session.agent("venv", release_id)
     session.say("", f"virtualenv {venv['venv']} {'reused' if venv['reused'] else 'built'}")
     with session.step("checks"):
@@ -64,6 +66,14 @@ def _build(session: Session, tarball: Path, release_id: str, has_ini: bool) -> N
         session.agent("smoke", release_id, app.WSGI_MODULE, *celery)
         session.agent("steps", release_id)
     session.agent("ready", release_id)
+
+
+def _listing(tarball: Path, prefix: str) -> str:
+    """': flask, celery[redis], ...': what pip installs, for the progress line."""
+    text = _release_file(tarball, prefix, "requirements.txt")
+    names = [re.split(r"[<>=!~ ;@]", line.strip())[0] for line in (text or "").splitlines()]
+    names = [name for name in names if name and not name.startswith(("#", "-"))]
+    return f": {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}" if names else ""
 
 
 def _release_file(tarball: Path, prefix: str, name: str) -> str | None:
@@ -108,7 +118,7 @@ def deploy(
     with Session(spec, identity) as session:
         with session.locked(break_lock=break_lock):
             try:
-                _build(session, path, release_id, info.has_uwsgi_ini)
+                _build(session, path, release_id, info)
             except HostError as error:
                 session.agent("fail", release_id, str(error))
                 raise HostError(

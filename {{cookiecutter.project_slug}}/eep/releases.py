@@ -408,6 +408,7 @@ def dispatch(args: argparse.Namespace) -> dict:
 
 def serve(parser: argparse.ArgumentParser, root: str) -> int:
     for line in sys.stdin:
+        answer: dict[str, object]
         try:
             args = parser.parse_args(["--root", root, *json.loads(line)])
             if args.command == "serve":

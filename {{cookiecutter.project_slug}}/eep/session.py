@@ -13,6 +13,7 @@ import hashlib
 import json
 import shlex
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 AGENT_FILES = ("releases.py", "tarball.py", "release_rules.py")
 # Modes of what deploy uploads, never the local file's: the app (group) writes none.
 AGENT_MODE, UPLOAD_MODE, INI_MODE = 0o600, 0o600, 0o640
+PROGRESS_EVERY = 10  # seconds between "still running" lines of a long step
 
 
 class Session:
@@ -76,12 +78,25 @@ class Session:
         say(f"[{self.target}] {what} in {time.monotonic() - started:.1f} s ({parts})")
 
     @contextmanager
-    def step(self, name: str, detail: str = ""):
+    def step(self, name: str, detail: str = "", *, progress: str = ""):
         """Time the `with` body and report it; words appended to the list it gives
-        are added to the line."""
+        are added to the line. With `progress`, a line every PROGRESS_EVERY seconds
+        says what is still running, so a long step (pip) never looks stuck."""
         started = time.monotonic()
         details = [detail] if detail else []
-        yield details
+        done = threading.Event()
+
+        def tick() -> None:
+            while not done.wait(PROGRESS_EVERY):
+                self.say(name, f"{progress} ({time.monotonic() - started:.0f} s so far)")
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        if progress:
+            ticker.start()
+        try:
+            yield details
+        finally:
+            done.set()
         self.timings[name] = time.monotonic() - started
         self.say(name, f"{self.timings[name]:.1f} s" + "".join(f"  {d}" for d in details))
 
@@ -99,9 +114,12 @@ class Session:
 
     def agent(self, *args: str) -> dict:
         """Run one command of eep/releases.py on the host; its error as a HostError."""
-        line = self.agent_process.ask(json.dumps(args))
+        process = self.agent_process
+        if process is None:
+            raise HostError("no release agent: the session is not open")
+        line = process.ask(json.dumps(args))
         if not line:
-            raise HostError(f"the release agent stopped: {self.agent_process.last_error()}")
+            raise HostError(f"the release agent stopped: {process.last_error()}")
         answer = json.loads(line)
         if "error" in answer:
             raise HostError(answer["error"])
