@@ -59,8 +59,12 @@ def ensure_programs(remote: Remote, report: Report, *, uwsgi_changed: bool, brok
         if uwsgi_changed and report.change(
             f"program {app.SLUG}", "config changed, graceful reload"
         ):
-            # SIGHUP: uWSGI re-reads its ini and reloads gracefully; the socket stays open.
-            remote.run(f"{CTL} signal HUP {app.SLUG}")
+            # The reload script (as the app user): the master re-reads its ini, the socket
+            # stays open, and it waits until every worker serves. Exit 3: not running.
+            reload = f"runuser -u {app.RUNTIME_USER} -- {app.CONF_DIR}/reload full"
+            result = remote.run(reload, check=False)
+            if result.exited not in (0, 3):
+                raise HostError(f"uWSGI did not reload: {result.stderr.strip()[-300:]}")
     if report.check:
         return
     states = wait_running(remote)
