@@ -244,9 +244,9 @@ class Audit:
         host, port = self.remote.conn.host, self.remote.conn.port
         name = host if port in (None, 22) else f"[{host}]:{port}"
         offered = self.remote.conn.client.get_transport().get_remote_server_key()
-        pinned = {}
+        pinned: dict[str, paramiko.PKey] = {}
         if known_hosts_path().exists():
-            pinned = paramiko.HostKeys(str(known_hosts_path())).lookup(name) or {}
+            pinned = dict(paramiko.HostKeys(str(known_hosts_path())).lookup(name) or {})
         ok = pinned.get(offered.get_name()) == offered
         problem = [] if ok else [f"{name} {offered.fingerprint} is not in the tree's known_hosts"]
         self.record("host key pinned in the tree", problem, offered.fingerprint)

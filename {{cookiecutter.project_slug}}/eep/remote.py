@@ -218,7 +218,7 @@ class Remote:
             self._stats, self._reads = {}, {}
         full = f"{self._prefix}sh -c {shlex.quote(command)}"
         if self._prefix.startswith("sudo -k -S"):
-            stdin = self._sudo_password.encode() + b"\n" + stdin
+            stdin = (self._sudo_password or "").encode() + b"\n" + stdin
         try:
             return self._raw(full, check=check, stdin=stdin)
         except HostError as error:

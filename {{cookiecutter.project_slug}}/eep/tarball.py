@@ -23,7 +23,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import BinaryIO, NoReturn, Self
+from typing import BinaryIO, NoReturn, Self, cast
 
 MIB = 1024 * 1024
 CHUNK = 64 * 1024
@@ -326,11 +326,11 @@ def _decompressor(fd: int, raw: _RawFile) -> BinaryIO | _RawFile:
     """Pick the decompression from the magic bytes, not the file name."""
     magic = os.pread(fd, 6, 0)
     if magic.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[arg-type]
+        return cast(BinaryIO, gzip.GzipFile(fileobj=cast(BinaryIO, raw), mode="rb"))
     if magic.startswith(b"BZh"):
-        return bz2.BZ2File(raw)  # type: ignore[arg-type]
+        return cast(BinaryIO, bz2.BZ2File(cast(BinaryIO, raw)))
     if magic.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(raw)  # type: ignore[arg-type]
+        return cast(BinaryIO, lzma.LZMAFile(cast(BinaryIO, raw)))
     if magic.startswith(b"\x28\xb5\x2f\xfd"):
         raise TarballError("zstd-compressed archives are not supported: use gzip, bzip2 or xz")
     return raw
