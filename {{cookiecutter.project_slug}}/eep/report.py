@@ -6,7 +6,7 @@ import difflib
 import os
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 _print_lock = threading.Lock()
 
@@ -39,12 +39,9 @@ class Report:
     changed: int = 0
     ok: int = 0
     failed: str = ""
-    lines: list[str] = field(default_factory=list)
 
     def _line(self, status: str, step: str, detail: str) -> None:
-        line = f"[{self.host}] {status:<12} {step}" + (f": {detail}" if detail else "")
-        self.lines.append(line)
-        say(line)
+        say(f"[{self.host}] {status:<12} {step}" + (f": {detail}" if detail else ""))
 
     def unchanged(self, step: str, detail: str = "") -> None:
         self.ok += 1

@@ -12,8 +12,10 @@ import time
 from eep import app
 from eep.remote import HostError
 from eep.session import Session
+from eep.supervisor import CTL as SUPERVISORCTL
 
-CTL = "sudo -n /usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
+# The literal supervisorctl commands of config/sudoers (the same path, the same -c).
+CTL = f"sudo -n /usr/bin/{SUPERVISORCTL}"
 UWSGI_LOG = f"{app.LOG_DIR}/uwsgi.log"
 # Reloads the app as the app user ("chain", "all", "full" or "wait"; see config/reload.py).
 RELOAD = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/reload"
