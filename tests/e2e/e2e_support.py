@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import shutil
 import subprocess
@@ -121,6 +122,15 @@ def snapshot_state(host) -> str:
         " dpkg-query -W -f='${Package} ${Version} ${Status}\\n' | md5sum;"
         " systemctl list-unit-files --state=enabled --no-legend | md5sum"
     ).stdout
+
+
+def state_changes(before: str, after: str) -> list[str]:
+    """The lines of two snapshot_state() outputs that differ (empty: nothing changed)."""
+    return [
+        line
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
 
 
 # A bounded closed-loop load generator, run ON the test host (its own network
