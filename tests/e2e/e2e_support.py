@@ -138,8 +138,10 @@ def state_changes(before: str, after: str) -> list[str]:
 LOAD_SCRIPT = r"""
 import http.client, json, sys, threading, time
 host, seconds, concurrency = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-latencies, failures, lock = [], [], threading.Lock()
-deadline = time.monotonic() + seconds
+keep_timeline = len(sys.argv) > 4  # every request as [start s, latency ms, ok]
+latencies, failures, timeline, lock = [], [], [], threading.Lock()
+began, began_wall = time.monotonic(), time.time()
+deadline = began + seconds
 def worker():
     while time.monotonic() < deadline:
         start = time.monotonic()
@@ -157,6 +159,8 @@ def worker():
             latencies.append(time.monotonic() - start)
             if not ok:
                 failures.append(detail)
+            if keep_timeline:
+                timeline.append([round(start - began, 3), round(latencies[-1] * 1000, 1), ok])
 threads = [threading.Thread(target=worker) for _ in range(concurrency)]
 [t.start() for t in threads]
 [t.join() for t in threads]
@@ -164,15 +168,19 @@ latencies.sort()
 pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1)
 print(json.dumps({"requests": len(latencies), "failed": len(failures),
                   "failures": [str(f) for f in failures[:5]],
-                  "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0)}))
+                  "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0),
+                  **({"timeline": timeline, "began": began_wall} if keep_timeline else {})}))
 """
 
 
 class load_test:  # noqa: N801 - used as a context manager, reads like a function
     """Run LOAD_SCRIPT on the host while the `with` body runs; `.stats` afterwards."""
 
-    def __init__(self, host, server_name: str, *, seconds: float, concurrency: int) -> None:
-        self.command = [*host.ssh_command(), f"python3 - {server_name} {seconds} {concurrency}"]
+    def __init__(
+        self, host, server_name: str, *, seconds: float, concurrency: int, timeline: bool = False
+    ) -> None:
+        args = f"{server_name} {seconds} {concurrency}" + (" timeline" if timeline else "")
+        self.command = [*host.ssh_command(), f"python3 - {args}"]
         self.stats: dict = {}
 
     def __enter__(self) -> load_test:
