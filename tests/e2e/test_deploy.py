@@ -118,15 +118,25 @@ def wait_for(check, timeout: float = 30) -> None:
 
 
 def settled_celery(host) -> str:
-    """The pid of the one Celery worker, once a restart (old one out, new one in) is over."""
+    """The pid of the one Celery worker, once the restart the last touch of the trigger
+    asked for is over: the worker started after that touch (the old one may take a
+    moment to notice it and finish)."""
     seen: list[str | None] = []
 
     def settled() -> bool:
         masters = celery_masters(host)
-        seen.append(masters[0].split()[0] if len(masters) == 1 else None)
-        return len(seen) >= 3 and seen[-1] is not None and seen[-1] == seen[-2] == seen[-3]
+        pid = masters[0].split()[0] if len(masters) == 1 else None
+        if pid is not None:
+            ages = host.run(
+                f"date +%s; stat -c %Y /run/{SLUG}/deploy; ps -o etimes= -p {pid}", check=False
+            ).stdout.split()
+            now, touched = int(ages[0]), int(ages[1])
+            if len(ages) < 3 or now - int(ages[2]) < touched:
+                pid = None  # gone meanwhile, or started before the last touch
+        seen.append(pid)
+        return len(seen) >= 2 and seen[-1] is not None and seen[-1] == seen[-2]
 
-    wait_for(settled)
+    wait_for(settled, timeout=60)
     return seen[-1]
 
 
