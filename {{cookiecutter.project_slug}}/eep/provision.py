@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from eep import accounts, nginx, packages, supervisor
 from eep.accounts import ensure_accounts
 from eep.files import ensure_absent
 from eep.layout import DIRECTORIES, RUN_DIRECTORIES, ensure_layout, ensure_run_dirs
@@ -17,16 +18,25 @@ from eep.supervisor import SERVICE_DROP_IN_DIR, ensure_programs, ensure_service_
 from eep.uwsgi import ensure_uwsgi_files
 
 
-def provision_host(remote: Remote, report: Report) -> None:
-    """Every step in order; each reads the host's state first and acts on the difference."""
-    check_system(remote, report)
-    ensure_packages(remote, report)
-    ensure_services(remote, report)
-    # One round trip reads every managed path; the steps below answer from it.
+def read_host(remote: Remote) -> None:
+    """One round trip reads what every step below reads (eep/host/facts.py): each managed
+    path, the steps' read-only commands, supervisor's programs. The steps answer from it
+    until one changes the host; after that they read the host again themselves."""
     files = [host_file.path for host_file in HOST_FILES]
     dirs = [entry[0] for entry in DIRECTORIES] + [entry[0] for entry in RUN_DIRECTORIES]
     stats = files + dirs + LOG_FILES + RETIRED_FILES + [SERVICE_DROP_IN_DIR]
-    remote.prefetch(stats, files)
+    commands = packages.READS + accounts.READS + nginx.READS
+    remote.prefetch(stats, files, commands, supervisor_conf=supervisor.CONF)
+
+
+def provision_host(remote: Remote, report: Report) -> None:
+    """Every step in order; each reads the host's state first and acts on the difference."""
+    read_host(remote)  # does nothing on a host without python3 yet
+    check_system(remote, report)
+    ensure_packages(remote, report)
+    ensure_services(remote, report)
+    if not remote.has_facts():  # the packages or services changed
+        read_host(remote)
     nginx_groups_changed = ensure_accounts(remote, report)
     ensure_layout(remote, report)
     ensure_run_dirs(remote, report)

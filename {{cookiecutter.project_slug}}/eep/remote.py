@@ -289,6 +289,10 @@ class Remote:
         self._programs = facts.get("supervisor")
         return True
 
+    def has_facts(self) -> bool:
+        """Whether what prefetch() read still stands (no command since may have changed the host)."""
+        return bool(self._stats or self._reads or self._answers)
+
     def supervisor_states(self) -> list[list[str]] | None:
         """[[program, state], ...] as prefetch() read them, or None (not read, or since changed)."""
         return self._programs
