@@ -246,3 +246,37 @@ def test_the_process_scan_on_this_machine_does_not_list_itself(host_script):
     assert parent.pid in found and mark in found[parent.pid]
     children = [pid for pid, cmd in found.items() if cmd == "sleep 30"]
     assert len(found) == 2 and len(children) == 1
+
+
+# -- Remote: steps answer from the facts until the host changes -----------------------------
+
+CACHE = """
+import json
+from eep.remote import Remote, Result, Target
+sent = []
+facts = {"stat": [["directory", "0750", "root", "shop"]], "read": [None],
+         "commands": [["shop:x:990:\\n", "", 0]], "supervisor": [["shop", "RUNNING"]]}
+def raw(command, *, check=True, stdin=b""):
+    sent.append("facts" if "def read_facts" in command else command)
+    return Result(json.dumps(facts) if sent[-1] == "facts" else "fresh\\n", "", 0)
+remote = Remote(Target("root", "h", None))
+remote._raw = raw
+print(remote.prefetch(["/srv/shop"], ["/etc/x"], ["getent group shop"], "/etc/s.conf"))
+print(remote.run("getent group shop", changes=False).stdout.strip(), remote.stat("/srv/shop"))
+print(remote.supervisor_states(), remote.read("/etc/x"), sent)
+remote.run("usermod -aG shop www-data")
+print(remote.run("getent group shop", changes=False).stdout.strip(), remote.supervisor_states())
+print(sent)
+"""
+
+
+def test_steps_answer_from_the_facts_until_a_command_changes_the_host(tree):
+    proc = subprocess.run([sys.executable, "-c", CACHE], cwd=tree, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "True",
+        "shop:x:990: ('directory', '0750', 'root', 'shop')",
+        "[['shop', 'RUNNING']] None ['facts']",
+        "fresh None",
+        "['facts', \"sh -c 'usermod -aG shop www-data'\", \"sh -c 'getent group shop'\"]",
+    ]
