@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import shlex
 import subprocess
@@ -64,77 +63,6 @@ def test_check_mode_reports_would_change_and_applies_nothing(bake):
         "[h] ok           dir /y",
         "[h] done: 1 would change, 1 ok",
     ]
-
-
-@pytest.fixture
-def safe_fs(bake):
-    """Run the tree's root-side file helper (eep.remote.SAFE_FS) on this machine."""
-    tree = bake().project_path
-    script = run_in_tree(tree, "from eep.remote import SAFE_FS; print(SAFE_FS)")
-
-    def run(*request) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-c", script],
-            input=json.dumps(request),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-
-    return run
-
-
-def test_safe_fs_makes_and_repairs_a_directory(safe_fs, tmp_path):
-    target = tmp_path / "a" / "b"
-    assert safe_fs("mkdir", str(target), "nobody", "nogroup", 0o750, "").returncode == 0
-    assert (target.stat().st_mode & 0o7777, target.owner()) == (0o750, "nobody")
-    target.chmod(0o777)
-    assert safe_fs("mkdir", str(target), "root", "root", 0o700, "").returncode == 0
-    assert (target.stat().st_mode & 0o7777, target.owner()) == (0o700, "root")
-
-
-@pytest.mark.parametrize("where", ["last", "middle"])
-def test_safe_fs_never_follows_a_link(safe_fs, tmp_path, where):
-    victim = tmp_path / "victim"
-    victim.mkdir(mode=0o700)
-    (victim / "inner").mkdir(mode=0o700)
-    (tmp_path / "app").symlink_to(victim)
-    path = tmp_path / "app" if where == "last" else tmp_path / "app" / "inner"
-    result = safe_fs("mkdir", str(path), "nobody", "nogroup", 0o777, "")
-    assert result.returncode != 0
-    assert "symbolic link" in result.stderr
-    assert victim.owner() == "root" and (victim / "inner").owner() == "root"
-    assert (victim / "inner").stat().st_mode & 0o777 == 0o700
-
-
-def test_safe_fs_installs_atomically_and_refuses_a_directory_others_can_write(safe_fs, tmp_path):
-    etc = tmp_path / "etc"
-    etc.mkdir(mode=0o755)
-    data = base64.b64encode(b"hello\n").decode()
-    target = etc / "file.conf"
-    assert safe_fs("install", str(target), "root", "nogroup", 0o640, data).returncode == 0
-    assert target.read_text() == "hello\n" and target.stat().st_mode & 0o777 == 0o640
-    assert target.group() == "nogroup" and sorted(p.name for p in etc.iterdir()) == ["file.conf"]
-    etc.chmod(0o777)
-    refused = safe_fs("install", str(target), "root", "root", 0o644, data)
-    assert refused.returncode != 0 and "writable by an account other than root" in refused.stderr
-
-
-def test_safe_fs_touch_keeps_content_and_never_follows_a_link(safe_fs, tmp_path):
-    logs = tmp_path / "log"
-    logs.mkdir(mode=0o755)
-    log = logs / "nginx-access.log"
-    log.write_text("earlier lines\n")
-    assert safe_fs("touch", str(log), "root", "nogroup", 0o640, "").returncode == 0
-    assert log.read_text() == "earlier lines\n" and log.stat().st_mode & 0o777 == 0o640
-    assert log.group() == "nogroup"
-    victim = tmp_path / "victim"
-    victim.write_text("secret")
-    victim.chmod(0o600)
-    (logs / "planted.log").symlink_to(victim)
-    refused = safe_fs("touch", str(logs / "planted.log"), "nobody", "nogroup", 0o666, "")
-    assert refused.returncode != 0
-    assert victim.owner() == "root" and victim.stat().st_mode & 0o777 == 0o600
 
 
 def test_output_into_a_closed_pipe_ends_quietly_and_the_work_goes_on(bake):

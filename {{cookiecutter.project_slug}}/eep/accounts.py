@@ -11,13 +11,29 @@ from eep.report import Report
 MARK = f"eep app {app.SLUG}"
 
 
+def _getent(database: str, key: str) -> str:
+    return f"getent {database} {key}"
+
+
+def _primary_group(user: str) -> str:
+    return f"id -gn {user}"
+
+
+# How these steps read the host: eep.provision runs them all in one round trip first.
+READS = [_getent("group", app.RUNTIME_USER)] + [
+    query
+    for user in (app.RUNTIME_USER, app.DEPLOY_USER)
+    for query in (_getent("passwd", user), _primary_group(user))
+]
+
+
 def group_members(remote: Remote, group: str) -> set[str] | None:
-    line = remote.run(f"getent group {group}", check=False, changes=False).stdout.strip()
+    line = remote.run(_getent("group", group), check=False, changes=False).stdout.strip()
     return None if not line else set(filter(None, line.split(":")[3].split(",")))
 
 
 def _passwd(remote: Remote, user: str) -> list[str] | None:
-    line = remote.run(f"getent passwd {user}", check=False, changes=False).stdout.strip()
+    line = remote.run(_getent("passwd", user), check=False, changes=False).stdout.strip()
     return line.split(":") if line else None
 
 
@@ -52,7 +68,7 @@ def ensure_user(remote: Remote, report: Report, user: str, *, home: str, shell: 
         wrong.append(f"home {entry[5]}")
     if entry[6] != shell:
         wrong.append(f"shell {entry[6]}")
-    primary = remote.run(f"id -gn {user}", changes=False).stdout.strip()
+    primary = remote.run(_primary_group(user), changes=False).stdout.strip()
     if primary != app.RUNTIME_USER:
         wrong.append(f"primary group {primary}")
     if not wrong:

@@ -29,30 +29,6 @@ from eep.sudoers import rules as sudo_rules
 
 UWSGI_BINARY = "/usr/bin/uwsgi-core"
 
-# Runs on the host: every process that belongs to the app (started with one of its
-# config/run paths, running as its user, or descending from those), with all its uids.
-PROCESSES = r"""
-import json, os, sys
-marks, user = json.load(sys.stdin)  # not in argv: this process must not match itself
-procs = {}
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
-        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
-    except (OSError, ValueError):
-        continue
-    uids = [int(u) for u in fields["Uid"].split()]
-    gids = [int(g) for g in fields["Gid"].split()]
-    procs[int(pid)] = (int(fields["PPid"]), uids, gids, cmd.strip())
-app = {p for p, (_, uids, _, cmd) in procs.items() if user in uids or any(m in cmd for m in marks)}
-grown = True
-while grown:
-    more = {p for p, (ppid, *_) in procs.items() if ppid in app} - app
-    app |= more
-    grown = bool(more)
-print(json.dumps([[p, *procs[p][1:]] for p in sorted(app)]))
-"""
-
 
 @dataclass
 class Check:
@@ -86,12 +62,8 @@ class Audit:
     def processes(self) -> None:
         uid, gid = self.id_of(app.RUNTIME_USER), int(self.sh(f"id -g {app.RUNTIME_USER}") or -1)
         marks = [app.CONF_DIR + "/", app.RUN_DIR + "/", app.APP_ROOT + "/"]
-        out = self.remote.run(
-            f"python3 -c {shlex.quote(PROCESSES)}",
-            stdin=json.dumps([marks, uid]).encode(),
-            check=False,
-            changes=False,
-        ).stdout
+        # Every process of the app (eep/host/processes.py), with its uids and gids.
+        out = self.remote.run_script("processes", [marks, uid], changes=False).stdout
         found = json.loads(out or "[]")
         wrong = [
             f"pid {pid} uids {','.join(map(str, uids))}: {' '.join(cmd.split())[:60]}"

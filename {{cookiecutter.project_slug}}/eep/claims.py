@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 
 from eep import app
 from eep.accounts import MARK
@@ -41,37 +40,6 @@ CTL_KEYWORDS = {"all"}
 # /var/log is root:syslog 0775 and is accepted: syslog is a system daemon).
 GROUP_WRITABLE_PARENTS = {"/var/log"}
 
-# Runs on the host (root, or the deploy account for the audit): the facts that
-# Remote.prefetch does not read, as JSON.
-FACTS = r"""
-import glob, grp, json, os, pwd, subprocess, sys
-want = json.load(sys.stdin)
-def account(name):
-    try: e = pwd.getpwnam(name)
-    except KeyError: return None
-    return [e.pw_gecos, e.pw_gid, e.pw_dir]
-def texts(pattern):
-    found = []
-    for p in sorted(glob.glob(pattern)):
-        try: found.append([p, open(p, errors="replace").read()])
-        except OSError: pass
-    return found
-try: g = grp.getgrnam(want["group"])
-except KeyError: g = None
-try: tmpfiles = subprocess.run(["systemd-tmpfiles", "--cat-config"], capture_output=True,
-                               text=True).stdout
-except OSError: tmpfiles = ""
-print(json.dumps({
-    "accounts": {n: account(n) for n in want["accounts"]},
-    "group": g and [g.gr_gid, g.gr_mem],
-    "primary": g and sorted(e.pw_name for e in pwd.getpwall() if e.pw_gid == g.gr_gid),
-    "link": os.readlink(want["link"]) if os.path.islink(want["link"]) else None,
-    "supervisor": sum((texts(p) for p in want["supervisor"]), []),
-    "nginx": sum((texts(p) for p in want["nginx"]), []),
-    "tmpfiles": tmpfiles,
-}))
-"""
-
 # Where Debian's nginx.conf and supervisord.conf include other files from (the main
 # files may hold sections too).
 NGINX_FILES = ["/etc/nginx/nginx.conf", "/etc/nginx/conf.d/*.conf", "/etc/nginx/sites-enabled/*"]
@@ -84,10 +52,15 @@ def ancestors(path: str) -> list[str]:
     return ["/"] + ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
+# Every path the decision looks at: the app's top directories, their parents, the files.
+PATHS = sorted({p for d in TOP_DIRS for p in [*ancestors(d), d]} | {*FILES, ENABLED})
+
+
 def read_facts(remote: Remote) -> dict:
-    """Everything the decision needs, read in two commands that change nothing."""
-    paths = sorted({p for d in TOP_DIRS for p in [*ancestors(d), d]} | {*FILES, ENABLED})
-    remote.prefetch(paths, FILES)
+    """Everything the decision needs; paths and files as Remote.prefetch read them (the
+    provisioning's one read includes PATHS), the rest in one run of eep/host/claims.py."""
+    if not all(remote.is_known(p) for p in PATHS):
+        remote.prefetch(PATHS, FILES)
     # None: missing, or not readable by this account (the audit as the deploy account).
     contents = {p: remote.read(p) for p in FILES}
     texts = {p: None if c is None else c.decode(errors="replace") for p, c in contents.items()}
@@ -98,10 +71,10 @@ def read_facts(remote: Remote) -> dict:
         "supervisor": SUPERVISOR_FILES,
         "nginx": NGINX_FILES,
     }
-    out = remote.run(
-        f"python3 -c {shlex.quote(FACTS)}", stdin=json.dumps(request).encode(), changes=False
-    ).stdout
-    return {**json.loads(out), "paths": {p: remote.stat(p) for p in paths}, "texts": texts}
+    out = remote.run_script("claims", request, changes=False)
+    if out.exited != 0:
+        raise HostError(f"cannot read the host's names and paths: {out.stderr.strip()[-200:]}")
+    return {**json.loads(out.stdout), "paths": {p: remote.stat(p) for p in PATHS}, "texts": texts}
 
 
 def supervisor_sections(text: str) -> list[str]:

@@ -18,6 +18,14 @@ DEBIAN_DEFAULT = ("/etc/nginx/sites-enabled/default", "/etc/nginx/sites-availabl
 LOG_FILES = [f"{app.LOG_DIR}/nginx-access.log", f"{app.LOG_DIR}/nginx-error.log"]
 
 
+def _readlink(link: str) -> str:
+    return f"readlink {link}"
+
+
+# How these steps read the host: eep.provision runs them all in one round trip first.
+READS = [_readlink(link) for link in (ENABLED, DEFAULT_ENABLED, DEBIAN_DEFAULT[0])]
+
+
 def ensure_log_file(remote: Remote, report: Report, path: str) -> None:
     """An nginx log the deploy account can read: root:<app> 0640, content left alone."""
     want = ("regular file", "0640", "root", app.RUNTIME_USER)
@@ -30,7 +38,7 @@ def ensure_log_file(remote: Remote, report: Report, path: str) -> None:
 
 def ensure_link(remote: Remote, report: Report, link: str, target: str) -> bool:
     """sites-enabled/<name> -> sites-available/<name>; whether it changed."""
-    found = remote.run(f"readlink {link}", check=False, changes=False).stdout.strip()
+    found = remote.run(_readlink(link), check=False, changes=False).stdout.strip()
     if found == target:
         report.unchanged(f"link {link}")
         return False
@@ -44,7 +52,7 @@ def ensure_default_site(remote: Remote, report: Report) -> bool:
     default = host_file("config/nginx-default.conf")
     changed = ensure_file(remote, report, default)
     link, stock = DEBIAN_DEFAULT
-    found = remote.run(f"readlink {link}", check=False, changes=False).stdout.strip()
+    found = remote.run(_readlink(link), check=False, changes=False).stdout.strip()
     if found == stock and report.change(link, "disabled Debian's default site"):
         remote.run(f"rm -f {link}")
         changed = True

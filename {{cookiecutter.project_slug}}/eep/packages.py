@@ -14,6 +14,20 @@ from eep.report import Report
 PACKAGES = ["nginx", "supervisor", "sudo", "uwsgi-core", "uwsgi-plugin-python3", "python3-venv"]
 if app.USE_CELERY:
     PACKAGES.append("redis-server")
+SERVICES = ["nginx", "supervisor"]
+
+# How these steps read the host: eep.provision runs them all in one round trip first.
+OS_RELEASE = "cat /etc/os-release"
+PYTHON_VERSION = "python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")'"
+PACKAGE_STATES = "dpkg-query -W -f='${Package} ${Status}\\n' " + " ".join(PACKAGES) + " 2>/dev/null"
+
+
+def service_state(service: str) -> list[str]:
+    return [f"systemctl is-enabled {service}", f"systemctl is-active {service}"]
+
+
+READS = [OS_RELEASE, PYTHON_VERSION, PACKAGE_STATES]
+READS += [query for service in SERVICES for query in service_state(service)]
 
 
 def check_system(remote: Remote, report: Report) -> bool:
@@ -21,7 +35,7 @@ def check_system(remote: Remote, report: Report) -> bool:
 
     Returns whether python3 is installed yet.
     """
-    os_release = remote.run("cat /etc/os-release", check=False, changes=False).stdout
+    os_release = remote.run(OS_RELEASE, check=False, changes=False).stdout
     fields = dict(
         line.split("=", 1) for line in os_release.splitlines() if "=" in line and line[0] != "#"
     )
@@ -29,11 +43,7 @@ def check_system(remote: Remote, report: Report) -> bool:
     name = fields.get("PRETTY_NAME", "unknown system").strip('"')
     if not ids & {"debian", "ubuntu"}:
         raise HostError(f"the host runs {name}, not Debian or Ubuntu")
-    found = remote.run(
-        "python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")'",
-        check=False,
-        changes=False,
-    )
+    found = remote.run(PYTHON_VERSION, check=False, changes=False)
     version = found.stdout.strip()
     if found.exited == 0 and version != app.PYTHON_VERSION:
         raise HostError(
@@ -45,11 +55,7 @@ def check_system(remote: Remote, report: Report) -> bool:
 
 
 def missing_packages(remote: Remote) -> list[str]:
-    query = remote.run(
-        "dpkg-query -W -f='${Package} ${Status}\\n' " + " ".join(PACKAGES) + " 2>/dev/null",
-        check=False,
-        changes=False,
-    )
+    query = remote.run(PACKAGE_STATES, check=False, changes=False)
     installed = {
         line.split()[0] for line in query.stdout.splitlines() if line.endswith(" installed")
     }
@@ -78,13 +84,11 @@ def ensure_packages(remote: Remote, report: Report) -> None:
 
 def ensure_services(remote: Remote, report: Report) -> None:
     """nginx and supervisor enabled at boot and running."""
-    for service in ("nginx", "supervisor"):
-        enabled = remote.run(
-            f"systemctl is-enabled {service}", check=False, changes=False
-        ).stdout.strip()
-        active = remote.run(
-            f"systemctl is-active {service}", check=False, changes=False
-        ).stdout.strip()
+    for service in SERVICES:
+        enabled, active = (
+            remote.run(query, check=False, changes=False).stdout.strip()
+            for query in service_state(service)
+        )
         if enabled == "enabled" and active == "active":
             report.unchanged(f"service {service}", "enabled, running")
         elif report.change(f"service {service}", f"was {enabled or 'absent'}/{active}"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from eep import accounts, claims, nginx, packages, supervisor
 from eep.accounts import ensure_accounts
 from eep.claims import check_claims
 from eep.files import ensure_absent
@@ -18,22 +19,31 @@ from eep.supervisor import SERVICE_DROP_IN_DIR, ensure_programs, ensure_service_
 from eep.uwsgi import ensure_uwsgi_files
 
 
+def read_host(remote: Remote) -> None:
+    """One round trip reads what every step below reads (eep/host/facts.py): each managed
+    path, the steps' read-only commands, supervisor's programs. The steps answer from it
+    until one changes the host; after that they read the host again themselves."""
+    files = [host_file.path for host_file in HOST_FILES]
+    dirs = [entry[0] for entry in DIRECTORIES] + [entry[0] for entry in RUN_DIRECTORIES]
+    stats = files + dirs + LOG_FILES + RETIRED_FILES + [SERVICE_DROP_IN_DIR] + claims.PATHS
+    commands = packages.READS + accounts.READS + nginx.READS
+    remote.prefetch(stats, files, commands, supervisor_conf=supervisor.CONF)
+
+
 def provision_host(remote: Remote, report: Report) -> None:
     """Every step in order; each reads the host's state first and acts on the difference."""
+    read_host(remote)  # does nothing on a host without python3 yet
     has_python = check_system(remote, report)
     # Before any change: a name or path that is not this app's stops the run here. The
     # check runs python3 on the host: a host without it gets it with the packages first.
     if has_python:
         check_claims(remote, report)
     ensure_packages(remote, report)
+    ensure_services(remote, report)
+    if not remote.has_facts():  # the packages or services changed
+        read_host(remote)
     if not has_python:
         check_claims(remote, report)
-    ensure_services(remote, report)
-    # One round trip reads every managed path; the steps below answer from it.
-    files = [host_file.path for host_file in HOST_FILES]
-    dirs = [entry[0] for entry in DIRECTORIES] + [entry[0] for entry in RUN_DIRECTORIES]
-    stats = files + dirs + LOG_FILES + RETIRED_FILES + [SERVICE_DROP_IN_DIR]
-    remote.prefetch(stats, files)
     nginx_groups_changed = ensure_accounts(remote, report)
     ensure_layout(remote, report)
     ensure_run_dirs(remote, report)

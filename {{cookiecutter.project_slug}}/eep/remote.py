@@ -152,8 +152,7 @@ class Remote:
         client.set_missing_host_key_policy(_HostKeyPolicy(trust_new_host_key))
         self._sudo_password = sudo_password
         self._prefix = ""
-        self._stats: dict[str, tuple | None] = {}
-        self._reads: dict[str, bytes | None] = {}
+        self._forget()
 
     def open(self) -> None:
         """Connect, then find out how to become root (root login, sudo, sudo with password)."""
@@ -184,6 +183,13 @@ class Remote:
     def close(self) -> None:
         self.conn.close()
 
+    def _forget(self) -> None:
+        """Drop what prefetch() read: the host may have changed since."""
+        self._stats: dict[str, tuple | None] = {}
+        self._reads: dict[str, bytes | None] = {}
+        self._answers: dict[str, Result] = {}
+        self._programs: list[list[str]] | None = None
+
     def _raw(self, command: str, *, check: bool = True, stdin: bytes = b"") -> Result:
         # One SSH channel per command, fed straight through paramiko: invoke's stdin
         # pump sends a byte every 10 ms, far too slow for uploading config files.
@@ -198,10 +204,7 @@ class Remote:
             result = Result(out, err, channel.recv_exit_status())
         finally:
             channel.close()
-        if check and result.exited != 0:
-            detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
-            raise HostError(f"`{command[:80]}` failed: {detail[-1] if detail else result.exited}")
-        return result
+        return _checked(command, result, check)
 
     def converse(self, command: str) -> Conversation:
         """Start a command that answers each line sent to it with one line."""
@@ -212,10 +215,13 @@ class Remote:
     def run(self, command: str, *, check: bool = True, stdin: bytes = b"", changes: bool = True):
         """Run a shell command as root (or as the login user); return its Result.
 
-        A command that may change the host (`changes`) drops what prefetch() read.
+        A command that may change the host (`changes`) drops what prefetch() read; one
+        that does not is answered from it when prefetch() ran it.
         """
         if changes:
-            self._stats, self._reads = {}, {}
+            self._forget()
+        elif command in self._answers and not stdin:
+            return _checked(command, self._answers[command], check)
         full = f"{self._prefix}sh -c {shlex.quote(command)}"
         if self._prefix.startswith("sudo -k -S"):
             stdin = (self._sudo_password or "").encode() + b"\n" + stdin
@@ -246,40 +252,65 @@ class Remote:
         except OSError as error:
             raise HostError(f"upload to {remote} failed: {error}") from None
 
-    def prefetch(self, stat_paths: list[str], read_paths: list[str]) -> None:
-        """Read the state of many paths in ONE round trip; read()/stat() answer from it
-        until the next command that may change the host."""
-        script = (
-            "import base64, functools, grp, json, os, pwd, stat, sys\n"
-            # Name lookups are cached: each can cost a slow NSS round trip.
-            "@functools.cache\n"
-            "def name(db, i):\n"
-            "    try: return (pwd.getpwuid if db == 'u' else grp.getgrgid)(i)[0]\n"
-            "    except KeyError: return str(i)\n"
-            "def st(p):\n"
-            "    try: s = os.lstat(p)\n"
-            "    except OSError: return None\n"
-            "    kinds = [(stat.S_ISDIR, 'directory'), (stat.S_ISREG, 'regular file'),\n"
-            "             (stat.S_ISLNK, 'symbolic link'), (stat.S_ISSOCK, 'socket')]\n"
-            "    kind = next((k for f, k in kinds if f(s.st_mode)), 'other')\n"
-            "    mode = format(stat.S_IMODE(s.st_mode), '04o')\n"
-            "    return [kind, mode, name('u', s.st_uid), name('g', s.st_gid)]\n"
-            "def rd(p):\n"
-            # Never through a symbolic link: root would read whatever it points to.
-            "    try: fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)\n"
-            "    except OSError: return None\n"
-            "    with open(fd, 'rb') as f: return base64.b64encode(f.read()).decode()\n"
-            "want = json.load(sys.stdin)\n"
-            "print(json.dumps([[st(p) for p in want[0]], [rd(p) for p in want[1]]]))\n"
-        )
-        data = json.dumps([stat_paths, read_paths]).encode()
-        out = self.run(f"python3 -c {shlex.quote(script)}", stdin=data, changes=False).stdout
-        stats, contents = json.loads(out)
-        self._stats = {p: tuple(v) if v else None for p, v in zip(stat_paths, stats, strict=True)}
+    def prefetch(
+        self,
+        stat_paths: list[str],
+        read_paths: list[str],
+        commands: list[str] | None = None,
+        supervisor_conf: str = "",
+    ) -> bool:
+        """Read the state of many paths, the output of read-only `commands` and the states of
+        supervisor's programs, in ONE round trip (eep/host/facts.py); stat(), read(), run()
+        and supervisor_states() answer from it until the next command that may change the host.
+
+        Returns False, reading nothing, when the host has no python3 yet.
+        """
+        want: dict = {"stat": stat_paths, "read": read_paths, "commands": commands or []}
+        if supervisor_conf:
+            want["supervisor"] = supervisor_conf
+        result = self.run_script("facts", want, changes=False)
+        if result.exited == 127:
+            return False
+        if result.exited != 0:
+            lines = result.stderr.strip().splitlines() or [f"exit {result.exited}"]
+            raise HostError(f"reading the host's state failed: {lines[-1]}")
+        facts = json.loads(result.stdout)
+        self._stats = {
+            p: tuple(v) if v else None for p, v in zip(stat_paths, facts["stat"], strict=True)
+        }
         self._reads = {
             p: base64.b64decode(v) if v is not None else None
-            for p, v in zip(read_paths, contents, strict=True)
+            for p, v in zip(read_paths, facts["read"], strict=True)
         }
+        self._answers = {
+            c: Result(*answer)
+            for c, answer in zip(want["commands"], facts["commands"], strict=True)
+        }
+        self._programs = facts.get("supervisor")
+        return True
+
+    def is_known(self, path: str) -> bool:
+        """Whether stat() answers `path` from what prefetch() read."""
+        return path in self._stats
+
+    def has_facts(self) -> bool:
+        """Whether what prefetch() read still stands (no command since may have changed the host)."""
+        return bool(self._stats or self._reads or self._answers)
+
+    def supervisor_states(self) -> list[list[str]] | None:
+        """[[program, state], ...] as prefetch() read them, or None (not read, or since changed)."""
+        return self._programs
+
+    def run_script(self, name: str, request: object, *, changes: bool = True) -> Result:
+        """Run eep/host/<name>.py with the host's python3 (as root, or as the login user),
+        `request` as JSON on its stdin; never raises on its exit status."""
+        source = (Path(__file__).parent / "host" / f"{name}.py").read_text(encoding="utf-8")
+        return self.run(
+            f"python3 -c {shlex.quote(source)}",
+            stdin=json.dumps(request).encode(),
+            check=False,
+            changes=changes,
+        )
 
     def read(self, path: str) -> bytes | None:
         """The content of a file, or None when it does not exist."""
@@ -319,58 +350,16 @@ class Remote:
         self._safe("mkdir", path, owner, group, mode, "")
 
     def _safe(self, *request) -> None:
-        data = json.dumps(request).encode()
-        result = self.run(f"python3 -c {shlex.quote(SAFE_FS)}", stdin=data, check=False)
+        # The root-side file helper: never follows a link (see eep/host/safe_fs.py).
+        result = self.run_script("safe_fs", request)
         if result.exited != 0:
             lines = result.stderr.strip().splitlines() or [f"exit {result.exited}"]
             raise HostError(f"{request[0]} {request[1]}: {lines[-1]}")
 
 
-# Root changes owners and modes under directories that other accounts own (the deploy
-# account owns the app root, the app owns shared/). A plain `chown path` would follow a
-# symlink swapped in meanwhile, onto /etc/shadow or /root. So every component is opened
-# without following links, and owner and mode are set on the open file descriptor.
-SAFE_FS = r"""
-import base64, grp, json, os, pwd, sys
-op, path, owner, group, mode, data = json.load(sys.stdin)
-uid, gid = pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
-DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-def parent_of(path, create):
-    fd = os.open("/", DIR)
-    for part in [p for p in path.split("/") if p][:-1]:
-        if create:
-            try: os.mkdir(part, 0o755, dir_fd=fd)
-            except FileExistsError: pass
-        try: new = os.open(part, DIR, dir_fd=fd)
-        except OSError: sys.exit(f"{part} is not a directory (or is a symbolic link)")
-        finally: os.close(fd)
-        fd = new
-    return fd
-name = os.path.basename(path)
-parent = parent_of(path, op == "mkdir")
-if op == "mkdir":
-    try: os.mkdir(name, 0o700, dir_fd=parent)
-    except FileExistsError: pass
-    try: fd = os.open(name, DIR, dir_fd=parent)
-    except OSError: sys.exit("exists and is not a directory (or is a symbolic link)")
-else:
-    # Nothing in it may be plantable (a link at our name): the directory may only be root's.
-    st = os.fstat(parent)
-    if st.st_uid != 0 or st.st_mode & 0o022:
-        sys.exit("refused: its directory is writable by an account other than root")
-if op == "touch":
-    # Created if missing, content left alone (a log file).
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600, dir_fd=parent)
-elif op == "install":
-    temp = f".{name}.eep-new"
-    try: os.unlink(temp, dir_fd=parent)
-    except FileNotFoundError: pass
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent)
-    with open(fd, "wb", closefd=False) as handle:
-        handle.write(base64.b64decode(data))
-os.fchown(fd, uid, gid)
-os.fchmod(fd, mode)
-if op == "install":
-    os.fsync(fd)
-    os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
-"""
+def _checked(command: str, result: Result, check: bool) -> Result:
+    """`result`, or a HostError naming the command when `check` and it failed."""
+    if check and result.exited != 0:
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        raise HostError(f"`{command[:80]}` failed: {detail[-1] if detail else result.exited}")
+    return result

@@ -10,13 +10,21 @@ from eep.manifest import host_file
 from eep.remote import HostError, Remote
 from eep.report import Report
 
-CTL = "supervisorctl -c /etc/supervisor/supervisord.conf"
+CONF = "/etc/supervisor/supervisord.conf"
+CTL = f"supervisorctl -c {CONF}"
 SERVICE_DROP_IN_DIR = "/etc/systemd/system/supervisor.service.d"
 PROGRAMS = [app.SLUG] + ([f"{app.SLUG}-redis"] if app.USE_CELERY else [])
 
 
-def program_states(remote: Remote) -> dict[str, str]:
-    """{'shop:shop': 'RUNNING', 'shop-redis': 'RUNNING'} for this app's processes."""
+def program_states(remote: Remote, *, fresh: bool = False) -> dict[str, str]:
+    """{'shop': 'RUNNING', 'shop-redis': 'RUNNING'} for this app's processes.
+
+    Unless `fresh`, answered from the host's facts (read through supervisord's socket)
+    while nothing changed since they were read.
+    """
+    known = None if fresh else remote.supervisor_states()
+    if known is not None:
+        return {name: state for name, state in known if name.split(":")[0] in PROGRAMS}
     out = remote.run(f"{CTL} status {' '.join(PROGRAMS)}", check=False, changes=False).stdout
     states = {}
     for line in out.splitlines():
@@ -28,11 +36,13 @@ def program_states(remote: Remote) -> dict[str, str]:
 
 def wait_running(remote: Remote, timeout: float = 20) -> dict[str, str]:
     deadline = time.monotonic() + timeout
+    fresh = False
     while True:
-        states = program_states(remote)
+        states = program_states(remote, fresh=fresh)
         settled = states and all(s not in ("STARTING", "BACKOFF") for s in states.values())
         if settled or time.monotonic() > deadline:
             return states
+        fresh = True  # what was read before is stale now: ask supervisor each time
         time.sleep(0.5)
 
 
