@@ -8,11 +8,9 @@ streams by, before anything is written, and extraction is done by this module wi
 O_EXCL/O_NOFOLLOW relative to directory descriptors, symlinks last.
 """
 
-import argparse
 import bz2
 import dataclasses
 import gzip
-import json
 import lzma
 import os
 import shutil
@@ -804,79 +802,19 @@ def extract(path: str, dest: str, wsgi_module: str, limits: Limits = DEFAULT_LIM
     return plan.info
 
 
-# --- command line --------------------------------------------------------------------------
+# --- command line: what `invoke deploy` runs on the host -------------------------------
 
-USAGE = (
-    "tarball.py check TARBALL WSGI_MODULE | extract TARBALL DEST WSGI_MODULE "
-    "[--json] [--max-compressed N] [--max-total N] [--max-members N] [--max-file N]"
-)
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Exit(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports instead of exiting, so main() returns its status."""
-
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            sys.stderr.write(message)
-        raise _Exit(status)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
-    return value
-
-
-def _parser() -> _Parser:
-    parser = _Parser(prog="tarball.py", description="Check or extract a release tarball.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="check the tarball, extract nothing")
-    check.add_argument("tarball")
-    check.add_argument("wsgi_module")
-    unpack = commands.add_parser("extract", help="check, then extract into a new DEST")
-    unpack.add_argument("tarball")
-    unpack.add_argument("dest")
-    unpack.add_argument("wsgi_module")
-    for command in (check, unpack):
-        command.add_argument("--json", action="store_true", help="also print a JSON line")
-        for field in dataclasses.fields(Limits):
-            option = "--" + field.name.replace("_", "-")
-            command.add_argument(option, type=_positive_int, default=field.default)
-    return parser
+USAGE = "tarball.py extract TARBALL DEST WSGI_MODULE"
 
 
 def main(argv: list[str]) -> int:
-    """CLI entry point; returns 0, 1 when the tarball is refused, 2 on a usage error."""
-    try:
-        args = _parser().parse_args(argv)
-    except _UsageError as error:
-        print(f"error: {_one_line(error)} (usage: {USAGE})", file=sys.stderr)
+    """Check, then extract into a new DEST; 0, 1 when the tarball is refused, 2 on misuse."""
+    if len(argv) != 4 or argv[0] != "extract":
+        print(f"error: usage: {USAGE}", file=sys.stderr)
         return 2
-    except _Exit as done:
-        return done.status
-    limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)})
+    _, tarball, dest, wsgi_module = argv
     try:
-        if args.command == "check":
-            info = inspect(args.tarball, args.wsgi_module, limits)
-        else:
-            info = extract(args.tarball, args.dest, args.wsgi_module, limits)
+        info = extract(tarball, dest, wsgi_module)
     except TarballError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -884,8 +822,6 @@ def main(argv: list[str]) -> int:
         print(f"error: unexpected {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
         return 1
     print(f"ok: {info.files} files, {info.total_bytes} bytes")
-    if args.json:
-        print(json.dumps(dataclasses.asdict(info), sort_keys=True))
     return 0
 
 
