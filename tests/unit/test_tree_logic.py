@@ -247,3 +247,16 @@ def test_every_config_outside_the_apps_directories_carries_eeps_mark(bake, use_c
     )
     marks = run_in_tree(bake(use_celery=use_celery).project_path, code).splitlines()
     assert len(marks) == 7 and all(line.startswith("True ") for line in marks), marks
+
+
+def test_a_long_step_says_it_is_still_running(bake):
+    code = (
+        "import time\nfrom eep import report\nreport.PROGRESS_EVERY = 0.1\n"
+        "with report.progress(lambda secs: f'apt-get install nginx ({secs:.1f} s so far)'):\n"
+        "    time.sleep(0.35)\n"
+        "time.sleep(0.3)\nprint('done')\n"
+    )
+    lines = run_in_tree(bake().project_path, code).splitlines()
+    # A line per tick while the step runs, none once it is over.
+    assert 2 <= len(lines) - 1 <= 4 and lines[-1] == "done", lines
+    assert all(line.startswith("apt-get install nginx (") for line in lines[:-1])

@@ -57,7 +57,7 @@ def _build(session: Session, tarball: Path, release_id: str, info: ReleaseInfo) 
         session.remote.run(f"mv -T {staged} {shlex.quote(f'{releases}/{release_id}/uwsgi.ini')}")
     session.agent("ini", release_id)  # before minutes of pip: the release's uwsgi.ini
     with session.step(
-        "venv", progress=f"pip install -r requirements.txt{_listing(tarball, info.root_prefix)}"
+        "venv", running=f"pip install -r requirements.txt{_listing(tarball, info.root_prefix)}"
     ):
         venv = session.agent("venv", release_id)
     session.say("", f"virtualenv {venv['venv']} {'reused' if venv['reused'] else 'built'}")

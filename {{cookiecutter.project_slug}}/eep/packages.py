@@ -6,7 +6,7 @@ import shlex
 
 from eep import app
 from eep.remote import HostError, Remote
-from eep.report import Report
+from eep.report import Report, progress
 
 # Daemons and tools from the distribution: nginx, supervisor and sudo; Debian's uWSGI
 # with its python3 plugin (root-owned, no compiler needed); venv to build each
@@ -71,9 +71,11 @@ def ensure_packages(remote: Remote, report: Report) -> None:
         return
     names = " ".join(shlex.quote(name) for name in missing)
     env = "DEBIAN_FRONTEND=noninteractive"
-    remote.run(
-        f"{env} apt-get update -q && {env} apt-get install -y -q --no-install-recommends {names}"
-    )
+    doing = f"[{report.host}] {'':<12} apt-get install {' '.join(missing)}"
+    with progress(lambda secs: f"{doing} ({secs:.0f} s so far)"):
+        remote.run(
+            f"{env} apt-get update -q && {env} apt-get install -y -q --no-install-recommends {names}"
+        )
     if "redis-server" in missing:
         # Debian starts a shared Redis on 127.0.0.1:6379 that any local user can use.
         # eep gives each app a private one, so the shared instance it just brought

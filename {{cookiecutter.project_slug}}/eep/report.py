@@ -6,6 +6,9 @@ import difflib
 import os
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 _print_lock = threading.Lock()
@@ -21,6 +24,26 @@ def say(line: str, *, err: bool = False, end: str = "\n") -> None:
         except BrokenPipeError:
             # The reader went away (`invoke status | head`): finish the work, quietly.
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
+PROGRESS_EVERY = 10  # seconds between "still running" lines of a long step
+
+
+@contextmanager
+def progress(line: Callable[[float], str]) -> Iterator[None]:
+    """While the `with` body runs, say `line(seconds so far)` every PROGRESS_EVERY
+    seconds, so a step of minutes (apt, pip) never looks stuck."""
+    started, done = time.monotonic(), threading.Event()
+
+    def tick() -> None:
+        while not done.wait(PROGRESS_EVERY):
+            say(line(time.monotonic() - started))
+
+    threading.Thread(target=tick, daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def unified_diff(path: str, old: bytes | None, new: bytes) -> str:

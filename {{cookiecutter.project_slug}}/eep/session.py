@@ -13,22 +13,20 @@ import hashlib
 import json
 import shlex
 import socket
-import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Self
 
 from eep import app
 from eep.remote import Conversation, HostError, Remote, Target
-from eep.report import say
+from eep.report import progress, say
 
 AGENT_DIR = f"{app.APP_ROOT}/.eep"
 HERE = Path(__file__).resolve().parent
 AGENT_FILES = ("releases.py", "tarball.py", "release_rules.py")
 # Modes of what deploy uploads, never the local file's: the app (group) writes none.
 AGENT_MODE, UPLOAD_MODE, INI_MODE = 0o600, 0o600, 0o640
-PROGRESS_EVERY = 10  # seconds between "still running" lines of a long step
 
 
 class Session:
@@ -78,25 +76,17 @@ class Session:
         say(f"[{self.target}] {what} in {time.monotonic() - started:.1f} s ({parts})")
 
     @contextmanager
-    def step(self, name: str, detail: str = "", *, progress: str = ""):
+    def step(self, name: str, detail: str = "", *, running: str = ""):
         """Time the `with` body and report it; words appended to the list it gives
-        are added to the line. With `progress`, a line every PROGRESS_EVERY seconds
-        says what is still running, so a long step (pip) never looks stuck."""
+        are added to the line. With `running`, a line every few seconds says what is
+        still running, so a long step (pip) never looks stuck."""
         started = time.monotonic()
         details = [detail] if detail else []
-        done = threading.Event()
-
-        def tick() -> None:
-            while not done.wait(PROGRESS_EVERY):
-                self.say(name, f"{progress} ({time.monotonic() - started:.0f} s so far)")
-
-        ticker = threading.Thread(target=tick, daemon=True)
-        if progress:
-            ticker.start()
-        try:
+        ticker = progress(
+            lambda secs: f"[{self.target}] {name:<10} {running} ({secs:.0f} s so far)"
+        )
+        with ticker if running else nullcontext():
             yield details
-        finally:
-            done.set()
         self.timings[name] = time.monotonic() - started
         self.say(name, f"{self.timings[name]:.1f} s" + "".join(f"  {d}" for d in details))
 
