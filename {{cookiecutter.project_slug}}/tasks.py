@@ -128,7 +128,7 @@ def rollback(c, to="", host="", identity="", break_lock=False, reload="all"):
 
 @task(help=DEPLOY_HELP)
 def releases(c, host="", identity=""):
-    """List the releases on the host: dates, versions, current and failed ones marked."""
+    """List the releases on the host: current and failed ones, when, how and by whom activated."""
     from eep.deploy import releases as run
 
     _on_hosts(c, host, lambda spec: run(spec, identity=identity))

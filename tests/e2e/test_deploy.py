@@ -403,7 +403,9 @@ def test_a_release_uwsgi_cannot_load_is_rolled_back_automatically(tree, host, tm
     assert re.search(r"-f-noapp failed after activation .*; \S+-v2 serves again", result.stderr)
     assert page(host).startswith("sample v2 ")
     listing = deploy(tree, host, "releases").stdout
-    assert re.search(r"\S+-f-noapp\s+failed\s+\S+\s+failed after activation", listing), listing
+    # Activated (time, how, by whom) before it failed.
+    pattern = r"\S+-f-noapp\s+failed\s+\S+\s+deploy \S+@\S+\s+failed after activation"
+    assert re.search(pattern, listing), listing
     assert re.search(r"^\* \S+-v2\s+ready", listing, re.M), listing
 
 
@@ -555,7 +557,8 @@ def test_rollback_and_start_work_with_uwsgi_stopped(tree, host, dist):
     ), started.stderr
     assert page(host).startswith("sample v1 ")
     listing = deploy(tree, host, "releases").stdout
-    assert re.search(rf"{v2}\s+failed\s+\S+\s+failed to start", listing), listing
+    assert re.search(rf"{v2}\s+failed\s+\S+\s+rollback \S+\s+failed to start", listing), listing
+    assert re.search(r"^\* \S+-v1\s+ready\s+\S+\s+start-fallback \S+@\S+", listing, re.M), listing
     # A fresh v2 for the tests that follow.
     again = deploy(tree, host, "deploy", "--release", str(build("v2", dist)))
     assert again.returncode == 0, again.stdout + again.stderr

@@ -202,3 +202,15 @@ def test_a_venv_ends_with_nothing_the_group_or_others_can_write(tmp_path):
         "bin/tool": "0o755",
     }
     assert outside.stat().st_mode & 0o777 == 0o666  # a link's target is not the venv's
+
+
+def test_list_says_how_and_by_whom_each_release_was_last_activated(root):
+    make_release(root, "20260101T000000Z-v1")
+    make_release(root, "20260102T000000Z-v2")
+    agent(root, "activate", "20260101T000000Z-v1", "--how", "deploy", "--by", "alice@laptop")
+    agent(root, "activate", "20260102T000000Z-v2", "--how", "deploy", "--by", "bob@desk")
+    agent(root, "rollback", "--how", "rollback", "--by", "carol@ci")
+    listed = {r["id"]: r for r in agent(root, "list")["releases"]}
+    assert listed["20260101T000000Z-v1"]["last_by"] == "rollback carol@ci"
+    assert len(listed["20260101T000000Z-v1"]["activated"]) == 2
+    assert listed["20260102T000000Z-v2"]["last_by"] == "deploy bob@desk"

@@ -169,7 +169,9 @@ def start(spec: str, *, identity: str = "") -> None:
             session.say("failed", f"{current['id']}: {error}")
             session.agent("fail", current["id"], f"failed to start: {error}")
             try:
-                release_id = activate_release(session, ["rollback"], "all", undo=False)
+                release_id = activate_release(
+                    session, ["rollback"], "all", how="start-fallback", undo=False
+                )
             except HostError as fallback:
                 raise HostError(f"{current['id']} failed to start ({error}); {fallback}") from None
             raise HostError(

@@ -129,7 +129,7 @@ def deploy(
                     "staged", f"{release_id}: activate it with `invoke activate {release_id}`"
                 )
             else:
-                activate_release(session, ["activate", release_id], reload)
+                activate_release(session, ["activate", release_id], reload, how="deploy")
             removed = session.agent("cleanup", "--keep", str(app.KEEP_RELEASES))["removed"]
             if removed:
                 session.say("cleanup", ", ".join(removed))
@@ -139,7 +139,7 @@ def deploy(
 
 def activate(release_id: str, spec: str, *, identity: str = "", reload: str = "chain") -> None:
     with Session(spec, identity) as session, session.locked():
-        activate_release(session, ["activate", release_id], reload)
+        activate_release(session, ["activate", release_id], reload, how="activate")
 
 
 def rollback(
@@ -148,7 +148,7 @@ def rollback(
     started = time.monotonic()
     with Session(spec, identity) as session:
         with session.locked(break_lock=break_lock):
-            target = activate_release(session, ["rollback", "--to", to], reload)
+            target = activate_release(session, ["rollback", "--to", to], reload, how="rollback")
         session.summary(f"rolled back to {target}", started)
     return target
 
@@ -156,9 +156,13 @@ def rollback(
 def releases(spec: str, *, identity: str = "") -> list[dict]:
     with Session(spec, identity) as session:
         found = session.agent("list")["releases"]
-    say(f"{'':2}{'release':<34} {'state':<10} {'activated':<22} reason")
+    say(f"{'':2}{'release':<34} {'state':<10} {'activated':<22} {'how, by':<28} reason")
     for release in found:
         mark = "* " if release["current"] else "  "
         last = release["activated"][-1] if release["activated"] else "-"
-        say(f"{mark}{release['id']:<34} {release['state']:<10} {last:<22} {release['reason']}")
+        by = release.get("last_by") or "-"
+        say(
+            f"{mark}{release['id']:<34} {release['state']:<10} {last:<22} {by:<28}"
+            f" {release['reason']}"
+        )
     return found

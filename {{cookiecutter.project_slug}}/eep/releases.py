@@ -10,7 +10,8 @@ each line (a JSON list of arguments) with one JSON line, {"ok": ...} or {"error"
 
     <root>/releases/<id>/          one release (id = UTC time + version, sortable)
     <root>/releases/<id>/.venv     -> ../../venvs/<hash of requirements.txt>
-    <root>/releases/<id>/.eep/     state: ready | failed (+ reason), activated (times)
+    <root>/releases/<id>/.eep/     state: ready | failed (+ reason), activated (a line
+                                   per activation: time, how, by whom)
     <root>/venvs/<hash>/           virtualenvs shared by releases with equal requirements
     <root>/current                 -> releases/<id>, switched by an atomic rename
     <root>/.deploy-lock/           present while a deploy runs; holder.json says who
@@ -248,7 +249,7 @@ def ready(release_id: str) -> dict:
 # -- activation -------------------------------------------------------------------------
 
 
-def activate(release_id: str) -> dict:
+def activate(release_id: str, how: str = "activate", by: str = "") -> dict:
     """Point `current` at the release (atomic rename) and say how the app must reload."""
     release = release_dir(release_id)
     if not (release / ".eep" / "ready").exists():
@@ -260,7 +261,7 @@ def activate(release_id: str) -> dict:
     new_link.symlink_to(f"releases/{release_id}")
     os.replace(new_link, ROOT / "current")
     with (state_dir(release) / "activated").open("a") as handle:
-        handle.write(now() + "\n")
+        handle.write(" ".join(word for word in (now(), how, by) if word) + "\n")
     if previous is None or not (releases_dir() / previous).exists():
         reload = "full"  # uWSGI still runs the no-release page: it must re-read its ini
     else:
@@ -294,9 +295,10 @@ def list_releases() -> list[dict]:
         status = "failed" if (state / "failed").exists() else "ready"
         if status == "ready" and not (state / "ready").exists():
             status = "incomplete"
-        activated = (
-            (state / "activated").read_text().split() if (state / "activated").exists() else []
+        history = (
+            (state / "activated").read_text().splitlines() if (state / "activated").exists() else []
         )
+        activated = [line.split()[0] for line in history if line.strip()]
         found.append(
             {
                 "id": path.name,
@@ -305,6 +307,8 @@ def list_releases() -> list[dict]:
                 "reason": (state / "failed").read_text() if status == "failed" else "",
                 "current": path.name == current,
                 "activated": activated,
+                # "deploy alice@laptop": how and by whom it was last activated
+                "last_by": " ".join(history[-1].split()[1:]) if history else "",
             }
         )
     return found
@@ -379,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("ready").add_argument("release_id")
     sub.add_parser("activate").add_argument("release_id")
     sub.add_parser("rollback")
+    for name in ("activate", "rollback"):
+        sub.choices[name].add_argument("--how", default=name)
+        sub.choices[name].add_argument("--by", default="")
     sub.choices["rollback"].add_argument("--to", default="")
     sub.add_parser("list")
     sub.add_parser("cleanup").add_argument("--keep", type=int, required=True)
@@ -397,8 +404,8 @@ def dispatch(args: argparse.Namespace) -> dict:
         "steps": lambda: run_steps(args.release_id),
         "ini": lambda: check_release_ini(args.release_id),
         "ready": lambda: ready(args.release_id),
-        "activate": lambda: activate(args.release_id),
-        "rollback": lambda: activate(rollback_target(args.to)),
+        "activate": lambda: activate(args.release_id, args.how, args.by),
+        "rollback": lambda: activate(rollback_target(args.to), args.how, args.by),
         "list": lambda: {"releases": list_releases()},
         "cleanup": lambda: cleanup(args.keep),
         "http-status": lambda: http_status(args.path, args.host),

@@ -119,12 +119,14 @@ def say_celery_restarts(session: Session) -> None:
         session.say("", "the Celery worker restarts once its running tasks are done")
 
 
-def activate_release(session: Session, command: list[str], mode: str, *, undo: bool = True) -> str:
+def activate_release(
+    session: Session, command: list[str], mode: str, *, how: str, undo: bool = True
+) -> str:
     """Switch `current` (the agent's `activate` or `rollback`), reload; if the app then
     fails, go back to the release that served before (`undo`). Without `undo` the
     release is a known-good one brought back: started over if a reload fails."""
     with session.step("activate") as details:
-        result = session.agent(*command)
+        result = session.agent(*command, "--how", how, "--by", session.who)
         details.append(result["current"])
     release_id = result["current"]
     kind = mode if result["reload"] == "workers" else "full"
@@ -139,7 +141,7 @@ def activate_release(session: Session, command: list[str], mode: str, *, undo: b
         # back, all workers at once (the failing release serves nothing useful).
         session.say("failed", f"{release_id}: {error}")
         session.agent("fail", release_id, f"failed after activation: {error}")
-        activate_release(session, ["activate", previous], "all", undo=False)
+        activate_release(session, ["activate", previous], "all", how="auto-rollback", undo=False)
         raise HostError(
             f"{release_id} failed after activation ({error}); {previous} serves again"
         ) from None

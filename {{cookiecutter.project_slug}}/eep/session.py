@@ -96,7 +96,7 @@ class Session:
         if break_lock:
             self.agent("unlock")
             self.say("lock", "broken on request")
-        self.agent("lock", _lock_holder())
+        self.agent("lock", self.who)
         try:
             yield
         finally:
@@ -115,10 +115,11 @@ class Session:
             raise HostError(answer["error"])
         return answer["ok"]
 
+    @property
+    def who(self) -> str:
+        """The developer behind this session, as the lock and the release history name them."""
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+
     def http_status(self, path: str = "/") -> int:
         """Status nginx gives for `path` on the app's first domain, asked from the host itself."""
         return self.agent("http-status", path, app.DOMAINS[0].replace("*.", "www."))["status"]
-
-
-def _lock_holder() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
