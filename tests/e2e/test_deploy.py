@@ -435,6 +435,35 @@ def test_a_release_that_fails_only_under_uwsgi_is_rolled_back_at_once(tree, host
     assert all(page(host).startswith("sample v2 ") for _ in range(12))
 
 
+def test_a_release_whose_celery_worker_cannot_start_is_rolled_back(tree, host, tmp_path):
+    # Loads fine for `celery report` (the check before activation), but the worker
+    # itself dies at start: the deploy waits for it, then goes back to v2.
+    tasks = (
+        (REPO / "sample_app" / "app" / "tasks.py")
+        .read_bytes()
+        .replace(
+            b"\nfrom celery import Celery\n",
+            b"\nimport sys\n\nfrom celery import Celery\n\n"
+            b"if 'worker' in sys.argv:\n    raise RuntimeError('the worker cannot start')\n",
+            1,
+        )
+    )
+    result = deploy(
+        tree,
+        host,
+        "deploy",
+        "--release",
+        str(build("f-worker", tmp_path, **{"app/tasks.py": tasks})),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the Celery worker does not start on this release" in result.stderr, result.stderr
+    assert re.search(r"-f-worker failed after activation .*; \S+-v2 serves again", result.stderr)
+    assert page(host).startswith("sample v2 ")
+    settled_celery(host)
+    assert page(host, "/task?seconds=0&id=after-worker").startswith("queued")
+    assert marker(host, "after-worker")["version"] == "v2"
+
+
 @pytest.mark.parametrize(
     ("extra", "named"),
     [

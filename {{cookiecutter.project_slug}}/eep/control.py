@@ -16,7 +16,7 @@ import time
 from eep import app
 from eep.remote import HostError, Remote, Target, known_hosts_path
 from eep.report import say
-from eep.serving import CTL, UWSGI_LOG, activate_release, say_celery_restarts, serve
+from eep.serving import CTL, UWSGI_LOG, activate_release, await_celery, serve
 from eep.session import Session
 from eep.supervisor import PROGRAMS
 
@@ -118,9 +118,10 @@ def status(spec: str, *, identity: str = "") -> bool:
 def restart(spec: str, *, identity: str = "", mode: str = "chain") -> None:
     """Graceful reload ("chain", "all" or "full"); Celery finishes its task first."""
     with Session(spec, identity) as session:
+        started = time.monotonic()
         with session.step("reload") as details:
             details.append(serve(session, mode))
-        say_celery_restarts(session)
+        await_celery(session, started)
 
 
 def _leftovers(session: Session) -> list[str]:

@@ -22,9 +22,17 @@ RELOAD = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/reload"
 RELOAD_DOWN = 3  # its exit status when no uWSGI master runs
 
 
+CELERY_WAIT = 15  # seconds a deploy waits for the new Celery worker (then: in the background)
+CELERY_READY = r"celery@.* ready\.$"  # what a Celery worker logs once it takes tasks
+
+
 def touch_trigger(session: Session) -> None:
-    """Restart the attached daemons that name the trigger in touch= (the Celery worker)."""
-    session.remote.run(f"date -u +%FT%TZ > {app.DEPLOY_TRIGGER}")
+    """Restart the attached daemons that name the trigger in touch= (the Celery worker);
+    remembers where uWSGI's log stood, for await_celery()."""
+    out = session.remote.run(
+        f"stat -c %s {UWSGI_LOG}; date -u +%FT%TZ > {app.DEPLOY_TRIGGER}", check=False
+    )
+    session.log_offset = int(out.stdout.split()[0]) if out.stdout.split() else 0
 
 
 class UwsgiDown(HostError):
@@ -119,6 +127,56 @@ def say_celery_restarts(session: Session) -> None:
         session.say("", "the Celery worker restarts once its running tasks are done")
 
 
+def celery_workers(session: Session) -> tuple[bool, dict[int, int]]:
+    """(whether a new worker logged "ready" since the trigger's touch, {pid: age in
+    seconds} of the Celery workers the uWSGI master runs), in one round trip."""
+    script = (
+        f"tail -c +{session.log_offset + 1} {UWSGI_LOG} | grep -c {shlex.quote(CELERY_READY)};"
+        f" master=$(cat {app.RUN_DIR}/uwsgi/uwsgi.pid 2>/dev/null);"
+        f' ps -u {app.RUNTIME_USER} -o pid=,ppid=,etimes=,args= | awk -v m="$master"'
+        " '$2 == m && / worker/ && /celery/ {print $1, $3}'"
+    )
+    out = session.remote.run(script, check=False).stdout.split()
+    pairs = [int(word) for word in out[1:]]
+    return bool(out and out[0] != "0"), dict(zip(pairs[::2], pairs[1::2], strict=True))
+
+
+def await_celery(session: Session, started: float) -> None:
+    """Wait (at most CELERY_WAIT s) until the Celery worker runs the new release.
+
+    The old worker finishes its running tasks first, which may take hours: once the
+    wait is over, an old worker still busy is reported and left to finish. A new
+    worker that dies twice, or no worker at all at the end, means the release cannot
+    run one: a HostError, so it fails like one whose web workers do not come up.
+    """
+    if not app.USE_CELERY:
+        return
+    with session.step("celery") as details:
+        deadline = time.monotonic() + CELERY_WAIT
+        seen: set[int] = set()  # new workers (started since the reload began)
+        dead: set[int] = set()  # ... of which have exited again
+        workers: dict[int, int] = {}
+        while time.monotonic() < deadline and len(dead) < 2:
+            ready, workers = celery_workers(session)
+            if ready:
+                details.append("the worker runs the current release")
+                return
+            waited = time.monotonic() - started
+            new = {pid for pid, age in workers.items() if age < waited}
+            dead |= seen - set(workers)
+            seen |= new
+            time.sleep(0.5)
+        old = [pid for pid, age in workers.items() if age >= time.monotonic() - started]
+        if old and len(dead) < 2:
+            details.append(
+                "the old worker finishes its running tasks first; then the new one starts"
+            )
+            return
+    raise HostError(
+        "the Celery worker does not start on this release; see `invoke logs --process celery`"
+    )
+
+
 def activate_release(
     session: Session, command: list[str], mode: str, *, how: str, undo: bool = True
 ) -> str:
@@ -131,8 +189,11 @@ def activate_release(
     release_id = result["current"]
     kind = mode if result["reload"] == "workers" else "full"
     try:
+        started = time.monotonic()
         with session.step("reload") as details:
             details.append(serve(session, kind, start_if_failing=not undo))
+        if undo:
+            await_celery(session, started)
     except HostError as error:
         previous = result["previous"]
         if not undo or previous is None:
@@ -145,5 +206,6 @@ def activate_release(
         raise HostError(
             f"{release_id} failed after activation ({error}); {previous} serves again"
         ) from None
-    say_celery_restarts(session)
+    if not undo:
+        say_celery_restarts(session)
     return release_id
