@@ -280,3 +280,34 @@ def test_steps_answer_from_the_facts_until_a_command_changes_the_host(tree):
         "fresh None",
         "['facts', \"sh -c 'usermod -aG shop www-data'\", \"sh -c 'getent group shop'\"]",
     ]
+
+
+# -- celery: which Celery worker started after the restart trigger ----------------------------
+
+
+def test_the_celery_scan_tells_workers_started_after_the_trigger_and_their_pool(
+    host_script, tmp_path
+):
+    pidfile, trigger = tmp_path / "uwsgi.pid", tmp_path / "deploy"
+    pidfile.write_text(str(os.getpid()))  # this test plays the uWSGI master
+    sleeper = [sys.executable, "-c", "import sys, time; time.sleep(30)", "celery", "worker"]
+    old = subprocess.Popen(sleeper)
+    time.sleep(0.2)
+    trigger.write_text("touched")
+    time.sleep(0.2)
+    # A "new worker" with one pool process of its own.
+    pool = "import subprocess, sys, time; subprocess.Popen(['sleep', '30']); time.sleep(30)"
+    new = subprocess.Popen([sys.executable, "-c", pool, "celery", "worker"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "beat"])
+    try:
+        time.sleep(0.5)
+        done = host_script("celery", {"master_pidfile": str(pidfile), "trigger": str(trigger)})
+        assert done.returncode == 0, done.stderr
+        found = {pid: (after, kids) for pid, after, kids in json.loads(done.stdout)}
+        assert set(found) == {old.pid, new.pid}
+        assert found[old.pid][0] < 0 and found[old.pid][1] == 0
+        assert found[new.pid][0] >= 0 and found[new.pid][1] == 1
+    finally:
+        for process in (old, new, other):
+            process.kill()
+            process.wait()

@@ -118,10 +118,9 @@ def status(spec: str, *, identity: str = "") -> bool:
 def restart(spec: str, *, identity: str = "", mode: str = "chain") -> None:
     """Graceful reload ("chain", "all" or "full"); Celery finishes its task first."""
     with Session(spec, identity) as session:
-        started = time.monotonic()
         with session.step("reload") as details:
             details.append(serve(session, mode))
-        await_celery(session, started)
+        await_celery(session)
 
 
 def _leftovers(session: Session) -> list[str]:

@@ -6,6 +6,7 @@ Used by deploy, activate, rollback (eep/deploy.py) and restart, start (eep/contr
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 
@@ -23,16 +24,12 @@ RELOAD_DOWN = 3  # its exit status when no uWSGI master runs
 
 
 CELERY_WAIT = 15  # seconds a deploy waits for the new Celery worker (then: in the background)
-CELERY_READY = r"celery@.* ready\.$"  # what a Celery worker logs once it takes tasks
+CELERY_SETTLE = 8  # seconds alive after which a worker without pool processes counts as up
 
 
 def touch_trigger(session: Session) -> None:
-    """Restart the attached daemons that name the trigger in touch= (the Celery worker);
-    remembers where uWSGI's log stood, for await_celery()."""
-    out = session.remote.run(
-        f"stat -c %s {UWSGI_LOG}; date -u +%FT%TZ > {app.DEPLOY_TRIGGER}", check=False
-    )
-    session.log_offset = int(out.stdout.split()[0]) if out.stdout.split() else 0
+    """Restart the attached daemons that name the trigger in touch= (the Celery worker)."""
+    session.remote.run(f"date -u +%FT%TZ > {app.DEPLOY_TRIGGER}")
 
 
 class UwsgiDown(HostError):
@@ -127,47 +124,54 @@ def say_celery_restarts(session: Session) -> None:
         session.say("", "the Celery worker restarts once its running tasks are done")
 
 
-def celery_workers(session: Session) -> tuple[bool, dict[int, int]]:
-    """(whether a new worker logged "ready" since the trigger's touch, {pid: age in
-    seconds} of the Celery workers the uWSGI master runs), in one round trip."""
-    script = (
-        f"tail -c +{session.log_offset + 1} {UWSGI_LOG} | grep -c {shlex.quote(CELERY_READY)};"
-        f" master=$(cat {app.RUN_DIR}/uwsgi/uwsgi.pid 2>/dev/null);"
-        f' ps -u {app.RUNTIME_USER} -o pid=,ppid=,etimes=,args= | awk -v m="$master"'
-        " '$2 == m && / worker/ && /celery/ {print $1, $3}'"
-    )
-    out = session.remote.run(script, check=False).stdout.split()
-    pairs = [int(word) for word in out[1:]]
-    return bool(out and out[0] != "0"), dict(zip(pairs[::2], pairs[1::2], strict=True))
+def celery_workers(session: Session) -> dict[int, tuple[float, int]]:
+    """{pid: (seconds from the trigger's touch to its start, pool processes)} of the
+    Celery workers the uWSGI master runs (eep/host/celery.py), in one round trip."""
+    request = {"master_pidfile": f"{app.RUN_DIR}/uwsgi/uwsgi.pid", "trigger": app.DEPLOY_TRIGGER}
+    out = session.remote.run_script("celery", request, changes=False)
+    rows = json.loads(out.stdout) if out.exited == 0 and out.stdout.strip() else []
+    return {int(pid): (after, int(kids)) for pid, after, kids in rows}
 
 
-def await_celery(session: Session, started: float) -> None:
-    """Wait (at most CELERY_WAIT s) until the Celery worker runs the new release.
+def await_celery(session: Session) -> None:
+    """Wait (at most CELERY_WAIT s) until a Celery worker started for this release runs.
 
-    The old worker finishes its running tasks first, which may take hours: once the
-    wait is over, an old worker still busy is reported and left to finish. A new
-    worker that dies twice, or no worker at all at the end, means the release cannot
-    run one: a HostError, so it fails like one whose web workers do not come up.
+    A worker that started after the trigger's last touch runs this release (`current`
+    switched before the touch). "Runs": seen twice with its pool processes (a prefork
+    worker forks them only once its app has loaded), or alive for CELERY_SETTLE s
+    (pools without processes). The old worker finishes its running tasks first, which
+    may take hours: once the wait is over, an old worker still busy is reported and left
+    to finish. A new worker that dies twice, or no worker at all at the end, means the
+    release cannot run one: a HostError, so it fails like one whose web workers do not
+    come up.
     """
     if not app.USE_CELERY:
         return
     with session.step("celery") as details:
         deadline = time.monotonic() + CELERY_WAIT
-        seen: set[int] = set()  # new workers (started since the reload began)
+        seen: set[int] = set()  # new workers (started after the touch)
         dead: set[int] = set()  # ... of which have exited again
-        workers: dict[int, int] = {}
+        pooled: set[int] = set()  # new workers seen with their pool processes
+        first: dict[int, float] = {}  # when each new worker was first seen
+        workers: dict[int, tuple[float, int]] = {}
         while time.monotonic() < deadline and len(dead) < 2:
-            ready, workers = celery_workers(session)
-            if ready:
-                details.append("the worker runs the current release")
-                return
-            waited = time.monotonic() - started
-            new = {pid for pid, age in workers.items() if age < waited}
+            polled = time.monotonic()
+            workers = celery_workers(session)
+            new = {pid for pid, (after, _) in workers.items() if after >= 0}
+            for pid in new:
+                kids = workers[pid][1]
+                if (kids and pid in pooled) or (
+                    pid in seen and polled - first[pid] >= CELERY_SETTLE
+                ):
+                    details.append("the worker runs the current release")
+                    return
+                if kids:
+                    pooled.add(pid)
+                first.setdefault(pid, polled)
             dead |= seen - set(workers)
             seen |= new
             time.sleep(0.5)
-        old = [pid for pid, age in workers.items() if age >= time.monotonic() - started]
-        if old and len(dead) < 2:
+        if any(after < 0 for after, _ in workers.values()) and len(dead) < 2:
             details.append(
                 "the old worker finishes its running tasks first; then the new one starts"
             )
@@ -189,11 +193,10 @@ def activate_release(
     release_id = result["current"]
     kind = mode if result["reload"] == "workers" else "full"
     try:
-        started = time.monotonic()
         with session.step("reload") as details:
             details.append(serve(session, kind, start_if_failing=not undo))
         if undo:
-            await_celery(session, started)
+            await_celery(session)
     except HostError as error:
         previous = result["previous"]
         if not undo or previous is None:

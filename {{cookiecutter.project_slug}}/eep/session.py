@@ -36,7 +36,6 @@ class Session:
         self.target = Target.parse(spec, default_user=app.DEPLOY_USER)
         self.remote = Remote(self.target, identity=identity, become_root=False)
         self.timings: dict[str, float] = {}
-        self.log_offset = 0  # uWSGI's log size when the Celery trigger was last touched
         self.agent_process: Conversation | None = None
 
     def __enter__(self) -> Self:
