@@ -360,16 +360,23 @@ def _fifo(name: str) -> tarfile.TarInfo:
     return info
 
 
-WORKER_ONLY_FAILURE = (
-    (REPO / "sample_app" / "app" / "tasks.py")
-    .read_bytes()
-    .replace(
-        b"\nfrom celery import Celery\n",
-        b"\nimport sys\n\nfrom celery import Celery\n\n"
-        b"if sys.argv[0].endswith('celery'):\n    raise RuntimeError('only the worker breaks')\n",
-        1,
+def tasks_failing_when(condition: str, message: str) -> bytes:
+    """The sample app's tasks module, raising `message` at import when `condition` holds
+    (the web side imports it too, so only a worker's command line can tell them apart)."""
+    return (
+        (REPO / "sample_app" / "app" / "tasks.py")
+        .read_bytes()
+        .replace(
+            b"\nfrom celery import Celery\n",
+            b"\nimport sys\n\nfrom celery import Celery\n\n"
+            + f"if {condition}:\n    raise RuntimeError({message!r})\n".encode(),
+            1,
+        )
     )
-)
+
+
+# Any `celery` command fails, `celery report` included: caught before activation.
+WORKER_ONLY_FAILURE = tasks_failing_when("sys.argv[0].endswith('celery')", "only the worker breaks")
 
 
 @pytest.mark.parametrize(
@@ -438,16 +445,7 @@ def test_a_release_that_fails_only_under_uwsgi_is_rolled_back_at_once(tree, host
 def test_a_release_whose_celery_worker_cannot_start_is_rolled_back(tree, host, tmp_path):
     # Loads fine for `celery report` (the check before activation), but the worker
     # itself dies at start: the deploy waits for it, then goes back to v2.
-    tasks = (
-        (REPO / "sample_app" / "app" / "tasks.py")
-        .read_bytes()
-        .replace(
-            b"\nfrom celery import Celery\n",
-            b"\nimport sys\n\nfrom celery import Celery\n\n"
-            b"if 'worker' in sys.argv:\n    raise RuntimeError('the worker cannot start')\n",
-            1,
-        )
-    )
+    tasks = tasks_failing_when("'worker' in sys.argv", "the worker cannot start")
     result = deploy(
         tree,
         host,

@@ -16,7 +16,7 @@ import time
 from eep import app
 from eep.remote import HostError, Remote, Target, known_hosts_path
 from eep.report import say
-from eep.serving import CTL, UWSGI_LOG, activate_release, await_celery, serve
+from eep.serving import CTL, UWSGI_LOG, activate_release, await_celery, program_state, serve
 from eep.session import Session
 from eep.supervisor import PROGRAMS
 
@@ -86,10 +86,7 @@ def celery_state(processes: list[Process], trigger_age: float | None) -> tuple[s
 def status(spec: str, *, identity: str = "") -> bool:
     """Print one table of the app's state; return False when something is down."""
     with Session(spec, identity) as session:
-        states = {}
-        for program in PROGRAMS:
-            out = session.remote.run(f"{CTL} status {program}", check=False).stdout.split()
-            states[program] = out[1] if len(out) > 1 else "UNKNOWN"
+        states = {program: program_state(session, program) for program in PROGRAMS}
         current = next((r for r in session.agent("list")["releases"] if r["current"]), None)
         socket = session.remote.run(f"stat -c '%A %U:%G' {app.SOCKET}", check=False).stdout
         answer = session.http_status("/health")

@@ -33,7 +33,9 @@ def version_of(filename: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", version)[:40] or "release"
 
 
-def _build(session: Session, tarball: Path, release_id: str, info: ReleaseInfo) -> None:
+def _build(
+    session: Session, tarball: Path, release_id: str, info: ReleaseInfo, requirements: str
+) -> None:
     releases = f"{app.APP_ROOT}/releases"
     upload = f"{AGENT_DIR}/upload-{release_id}.tar"
     with session.step("upload", f"{tarball.name} ({tarball.stat().st_size // 1024} KiB)"):
@@ -56,9 +58,7 @@ def _build(session: Session, tarball: Path, release_id: str, info: ReleaseInfo) 
         session.remote.put(str(TREE / "uwsgi.ini"), staged, mode=INI_MODE)
         session.remote.run(f"mv -T {staged} {shlex.quote(f'{releases}/{release_id}/uwsgi.ini')}")
     session.agent("ini", release_id)  # before minutes of pip: the release's uwsgi.ini
-    with session.step(
-        "venv", running=f"pip install -r requirements.txt{_listing(tarball, info.root_prefix)}"
-    ):
+    with session.step("venv", running=f"pip install -r requirements.txt{_listing(requirements)}"):
         venv = session.agent("venv", release_id)
     session.say("", f"virtualenv {venv['venv']} {'reused' if venv['reused'] else 'built'}")
     with session.step("checks"):
@@ -68,24 +68,26 @@ def _build(session: Session, tarball: Path, release_id: str, info: ReleaseInfo) 
     session.agent("ready", release_id)
 
 
-def _listing(tarball: Path, prefix: str) -> str:
+def _listing(requirements: str) -> str:
     """': flask, celery[redis], ...': what pip installs, for the progress line."""
-    text = _release_file(tarball, prefix, "requirements.txt")
-    names = [re.split(r"[<>=!~ ;@]", line.strip())[0] for line in (text or "").splitlines()]
+    names = [re.split(r"[<>=!~ ;@]", line.strip())[0] for line in requirements.splitlines()]
     names = [name for name in names if name and not name.startswith(("#", "-"))]
     return f": {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}" if names else ""
 
 
-def _release_file(tarball: Path, prefix: str, name: str) -> str | None:
-    """The text of a file at the release's root, read from the checked tarball; None
-    for a link (the host checks the file it points to)."""
+def _release_files(tarball: Path, prefix: str, *names: str) -> dict[str, str | None]:
+    """The text of files at the release's root, read from the checked tarball in one
+    pass; None for a missing file or a link (the host checks the file it points to)."""
+    wanted = {prefix + name: name for name in names}
+    found: dict[str, str | None] = dict.fromkeys(names)
     with tarfile.open(tarball) as tar:
-        try:
-            member = tar.getmember(prefix + name)
-        except KeyError:
-            return None
-        found = tar.extractfile(member) if member.isfile() else None
-        return found.read().decode("utf-8", "replace") if found else None
+        for member in tar:
+            name = wanted.get(member.name)
+            data = tar.extractfile(member) if name and member.isfile() else None
+            if name:
+                # The last member of a name wins, as it does when the host extracts.
+                found[name] = data.read().decode("utf-8", "replace") if data else None
+    return found
 
 
 def deploy(
@@ -102,11 +104,9 @@ def deploy(
         raise HostError(f"no release tarball at {tarball}")
     try:
         info = inspect(str(path), app.WSGI_MODULE)
-        if info.has_uwsgi_ini:
-            ini = _release_file(path, info.root_prefix, "uwsgi.ini")
-        else:
-            ini = (TREE / "uwsgi.ini").read_text()
-        requirements = _release_file(path, info.root_prefix, "requirements.txt")
+        texts = _release_files(path, info.root_prefix, "uwsgi.ini", "requirements.txt")
+        ini = texts["uwsgi.ini"] if info.has_uwsgi_ini else (TREE / "uwsgi.ini").read_text()
+        requirements = texts["requirements.txt"]
         # Links, and files requirements.txt includes, are checked on the host.
         for check, text in ((check_ini, ini), (check_requirements, requirements)):
             if text is not None:
@@ -118,7 +118,7 @@ def deploy(
     with Session(spec, identity) as session:
         with session.locked(break_lock=break_lock):
             try:
-                _build(session, path, release_id, info)
+                _build(session, path, release_id, info, requirements or "")
             except HostError as error:
                 session.agent("fail", release_id, str(error))
                 raise HostError(

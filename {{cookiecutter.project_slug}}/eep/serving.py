@@ -62,9 +62,10 @@ def renew_daemons(session: Session) -> None:
     time.sleep(1.2)
 
 
-def program_state(session: Session) -> str:
-    """supervisor's state of the uWSGI program: RUNNING, STARTING, BACKOFF, FATAL, ..."""
-    out = session.remote.run(f"{CTL} status {app.SLUG}", check=False).stdout.split()
+def program_state(session: Session, program: str = app.SLUG) -> str:
+    """supervisor's state of one of the app's programs (the uWSGI one by default):
+    RUNNING, STARTING, BACKOFF, FATAL, ..."""
+    out = session.remote.run(f"{CTL} status {program}", check=False).stdout.split()
     return out[1] if len(out) > 1 else "UNKNOWN"
 
 
