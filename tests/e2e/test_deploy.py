@@ -724,3 +724,20 @@ def test_three_times_keep_releases_deploys_then_rollback_and_restart(tree, host,
     restarted = deploy(tree, host, "restart")
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     assert page(host).startswith(f"sample r{3 * keep - 2} ")
+
+
+def test_a_deploy_waits_for_the_worker_that_finishes_a_short_task_first(tree, host, dist):
+    # The old worker is busy for a few seconds of the wait: once its task is done, the
+    # new worker comes up on the new release and the deploy says so (it does not fail).
+    settled_celery(host)
+    serving = page(host).split()[1]
+    assert page(host, "/task?seconds=8&id=short").startswith("queued short")
+    task_started(host, "short")
+    result = deploy(tree, host, "deploy", "--release", str(build("v2", dist)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(
+        r"\] celery +[\d.]+ s  the worker runs the current release$", result.stdout, re.M
+    )
+    assert marker(host, "short")["version"] == serving
+    assert page(host, "/task?seconds=0&id=after-short").startswith("queued")
+    assert marker(host, "after-short")["version"] == "v2"

@@ -142,7 +142,8 @@ def await_celery(session: Session) -> None:
     worker forks them only once its app has loaded), or alive for CELERY_SETTLE s
     (pools without processes). The old worker finishes its running tasks first, which
     may take hours: once the wait is over, an old worker still busy is reported and left
-    to finish. A new worker that dies twice, or no worker at all at the end, means the
+    to finish; one that exits during the wait gives the new one CELERY_WAIT s from then.
+    A new worker that dies twice, or none running at the end of the wait, means the
     release cannot run one: a HostError, so it fails like one whose web workers do not
     come up.
     """
@@ -155,10 +156,15 @@ def await_celery(session: Session) -> None:
         pooled: set[int] = set()  # new workers seen with their pool processes
         first: dict[int, float] = {}  # when each new worker was first seen
         workers: dict[int, tuple[float, int]] = {}
+        old_running = True  # until no worker started before the touch is left
         while time.monotonic() < deadline and len(dead) < 2:
             polled = time.monotonic()
             workers = celery_workers(session)
             new = {pid for pid, (after, _) in workers.items() if after >= 0}
+            if old_running and len(new) == len(workers):
+                # The old worker has gone (its tasks done): the new one gets a full wait.
+                old_running = False
+                deadline = max(deadline, polled + CELERY_WAIT)
             for pid in new:
                 kids = workers[pid][1]
                 if (kids and pid in pooled) or (
@@ -172,7 +178,7 @@ def await_celery(session: Session) -> None:
             dead |= seen - set(workers)
             seen |= new
             time.sleep(0.5)
-        if any(after < 0 for after, _ in workers.values()) and len(dead) < 2:
+        if old_running and len(dead) < 2:
             details.append(
                 "the old worker finishes its running tasks first; then the new one starts"
             )
