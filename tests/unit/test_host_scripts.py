@@ -275,7 +275,7 @@ def test_steps_answer_from_the_facts_until_a_command_changes_the_host(tree):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         "True",
-        "shop:x:990: ('directory', '0750', 'root', 'shop')",
+        "shop:x:990: directory root:shop 0750",
         "[['shop', 'RUNNING']] None ['facts']",
         "fresh None",
         "['facts', \"sh -c 'usermod -aG shop www-data'\", \"sh -c 'getent group shop'\"]",

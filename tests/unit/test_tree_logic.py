@@ -134,7 +134,9 @@ FRESH_HOST = """
 import json
 from eep import app, claims
 from eep.accounts import MARK
-root_dir = ["directory", "0755", "root", "root"]
+from eep.pathstate import PathState
+S = PathState.observed
+root_dir = S(["directory", "0755", "root", "root"])
 paths = {p: None for p in [*claims.FILES, claims.ENABLED]}
 for top in claims.TOP_DIRS:
     paths.update({p: root_dir for p in claims.ancestors(top)}, **{top: None})
@@ -146,10 +148,11 @@ f = {"accounts": {app.RUNTIME_USER: None, app.DEPLOY_USER: None}, "group": None,
 PROVISIONED = """
 f["accounts"] = {"shop": [MARK, 990, "/srv/shop"], "shop-deploy": [MARK, 990, "/home/x"]}
 f["group"], f["primary"] = [990, ["www-data"]], ["shop", "shop-deploy"]
-f["paths"].update({p: ["directory", "0750", "root", "shop"] for p in claims.TOP_DIRS})
-f["paths"].update({p: ["regular file", "0644", "root", "root"] for p in claims.FILES})
+f["paths"].update({p: S(["directory", "0750", "root", "shop"]) for p in claims.TOP_DIRS})
+f["paths"].update({p: S(["regular file", "0644", "root", "root"]) for p in claims.FILES})
 f["texts"] = {p: "# eep: a file of eep\\n" for p in claims.FILES}
-f["paths"][claims.ENABLED], f["link"] = ["symbolic link"], "/etc/nginx/sites-available/shop"
+f["paths"][claims.ENABLED] = S(["symbolic link", "0777", "root", "root"])
+f["link"] = "/etc/nginx/sites-available/shop"
 own = "[fcgi-program:shop]\\n[program:shop-redis]"
 f["supervisor"] = [["/etc/supervisor/conf.d/shop.conf", own]]
 f["nginx"] = [["/etc/nginx/sites-enabled/shop", "server_name shop.example.com;"]]
@@ -167,17 +170,17 @@ f["tmpfiles"] = "# /etc/tmpfiles.d/eep-shop.conf\\nd /run/shop 0750 root shop -\
         ("", 'f["accounts"]["shop"] = ["", 5, "/"]', "user shop exists and was not made"),
         (
             "",
-            'f["paths"]["/run/shop"] = ["directory", "1777", "root", "root"]',
+            'f["paths"]["/run/shop"] = S(["directory", "1777", "root", "root"])',
             "/run/shop exists (root:root 1777) and is not eep's",
         ),
         (
             PROVISIONED,
-            'f["paths"]["/var/log/shop"] = ["directory", "2755", "root", "systemd-journal"]',
+            'f["paths"]["/var/log/shop"] = S(["directory", "2755", "root", "systemd-journal"])',
             "/var/log/shop exists (root:systemd-journal 2755) and is not eep's",
         ),
         (
             "",
-            'f["paths"]["/srv"] = ["directory", "0755", "alice", "alice"]',
+            'f["paths"]["/srv"] = S(["directory", "0755", "alice", "alice"])',
             "/srv (directory alice:alice 0755) is not a directory only root can change",
         ),
         (

@@ -20,9 +20,10 @@ from eep import app
 from eep.accounts import group_members
 from eep.claims import TOP_DIRS, adoption_problems, membership_problems, read_facts
 from eep.files import file_difference
-from eep.layout import DIRECTORIES
+from eep.layout import DIRECTORIES, RUN_DIRECTORIES
 from eep.manifest import HOST_FILES, RETIRED_FILES, host_file
 from eep.nginx import ENABLED
+from eep.pathstate import PathState
 from eep.remote import Remote, Target, known_hosts_path
 from eep.report import say
 from eep.sudoers import rules as sudo_rules
@@ -77,13 +78,13 @@ class Audit:
     def socket(self) -> None:
         problems = []
         want = {
-            app.SOCKET: ("socket", "0660", "www-data", app.RUNTIME_USER),
-            app.RUN_DIR: ("directory", "0750", "root", app.RUNTIME_USER),
+            app.SOCKET: PathState("socket", "www-data", app.RUNTIME_USER, 0o660),
+            app.RUN_DIR: RUN_DIRECTORIES[app.RUN_DIR],
         }
         for path, expected in want.items():
             have = self.remote.stat(path)
             if have != expected:
-                problems.append(f"{path} is {' '.join(have) if have else 'missing'}")
+                problems.append(f"{path} is {have or 'missing'}")
         # Group members reach the socket: only nginx may be one, besides the app's accounts.
         extra = sorted((group_members(self.remote, app.RUNTIME_USER) or set()) - {"www-data"})
         if extra:
@@ -127,14 +128,14 @@ class Audit:
 
     def modes(self) -> None:
         problems = []
-        for path, owner, group, mode in DIRECTORIES:
+        for path, want in DIRECTORIES.items():
             have = self.remote.stat(path)
-            if have != ("directory", f"{mode:04o}", owner, group):
-                problems.append(f"{path} is {' '.join(have) if have else 'missing'}")
+            if have != want:
+                problems.append(f"{path} is {have or 'missing'}")
         for path in TOP_DIRS:
             have = self.remote.stat(path)
-            if have and int(have[1], 8) & 0o007:
-                problems.append(f"{path} is open to others ({have[1]})")
+            if have and have.open_to(0o007):
+                problems.append(f"{path} is open to others ({have.mode:04o})")
         opened = self.sh(
             f"find {app.APP_ROOT} ! -type l -perm /o=w -print 2>/dev/null | head -3"
         ).split()
@@ -153,8 +154,8 @@ class Audit:
         path = host_file("config/sudoers").path
         problems = []
         have = self.remote.stat(path)
-        if have != ("regular file", "0440", "root", "root"):
-            problems.append(f"{path} is {' '.join(have) if have else 'missing'}")
+        if have != host_file("config/sudoers").state:
+            problems.append(f"{path} is {have or 'missing'}")
         if self.as_root:
             check = self.remote.run("visudo -c", check=False, changes=False)
             if check.exited != 0:

@@ -131,23 +131,22 @@ def _paths(facts: dict) -> list[str]:
             have = stats[parent]
             if have is None:
                 continue
-            mode = int(have[1], 8)
             open_to = 0o002 if parent in GROUP_WRITABLE_PARENTS else 0o022
-            if have[0] != "directory" or have[2] != "root" or mode & open_to:
+            if have.kind != "directory" or have.owner != "root" or have.open_to(open_to):
                 problems.append(
-                    f"{parent} ({have[0]} {have[2]}:{have[3]} {have[1]}) is not a directory"
+                    f"{parent} ({have}) is not a directory"
                     f" only root can change; {top} below it could be swapped"
                 )
         have = stats[top]
         # Only root can give a directory to the app's group: one that has it is eep's.
-        ours = have and have[0] == "directory" and have[3] == app.RUNTIME_USER
+        ours = have and have.kind == "directory" and have.group == app.RUNTIME_USER
         if have and not (ours and _group_is_ours(facts)):
-            problems.append(f"{top} exists ({have[2]}:{have[3]} {have[1]}) and is not eep's")
+            problems.append(f"{top} exists ({have.ownership}) and is not eep's")
     for path in FILES:
         have = stats[path]
         text = facts["texts"][path]
         # An unreadable file (the audit as the deploy account) is judged by root's run only.
-        if have and (have[0] != "regular file" or text is not None and not MARKER.match(text)):
+        if have and (have.kind != "regular file" or text is not None and not MARKER.match(text)):
             problems.append(f"{path} exists and was not written by eep")
     if stats[ENABLED] and facts["link"] != host_file("config/nginx.conf").path:
         problems.append(f"{ENABLED} exists and is not eep's link to the app's site")

@@ -6,24 +6,22 @@ import shlex
 from collections.abc import Callable
 
 from eep.manifest import HostFile, render
+from eep.pathstate import PathState
 from eep.remote import HostError, Remote
 from eep.report import Report, unified_diff
 
 
-def ensure_dir(
-    remote: Remote, report: Report, path: str, *, owner: str, group: str, mode: int
-) -> bool:
-    want = ("directory", f"{mode:04o}", owner, group)
+def ensure_dir(remote: Remote, report: Report, path: str, want: PathState) -> bool:
     have = remote.stat(path)
     step = f"dir {path}"
     if have == want:
         report.unchanged(step)
         return False
-    if have is not None and have[0] != "directory":
-        raise HostError(f"{path} exists but is a {have[0]}, not a directory")
-    why = "created" if have is None else f"was {have[2]}:{have[3]} {have[1]}"
-    if report.change(step, f"{why} -> {owner}:{group} {mode:04o}"):
-        remote.make_dir(path, mode=mode, owner=owner, group=group)
+    if have is not None and have.kind != "directory":
+        raise HostError(f"{path} exists but is a {have.kind}, not a directory")
+    why = "created" if have is None else f"was {have.ownership}"
+    if report.change(step, f"{why} -> {want.ownership}"):
+        remote.make_dir(path, want)
     return True
 
 
@@ -37,8 +35,8 @@ def file_difference(remote: Remote, host_file: HostFile, have: bytes | None) -> 
     if have != render(host_file).encode():
         return "content differs"
     meta = remote.stat(host_file.path)
-    if meta != ("regular file", f"{host_file.mode:04o}", host_file.owner, host_file.group):
-        return f"was {meta[2]}:{meta[3]} {meta[1]}" if meta else "not a regular file"
+    if meta != host_file.state:
+        return f"was {meta}" if meta else "not a regular file"
     return ""
 
 
@@ -68,12 +66,10 @@ def ensure_file(
     if backup and have is not None:
         remote.run(f"cp -p {shlex.quote(host_file.path)} {shlex.quote(backup)}")
     if validate is None:
-        remote.install(
-            host_file.path, want, mode=host_file.mode, owner=host_file.owner, group=host_file.group
-        )
+        remote.install(host_file.path, want, host_file.state)
         return True
     temp = f"{host_file.path}.eep-check"
-    remote.install(temp, want, mode=host_file.mode, owner=host_file.owner, group=host_file.group)
+    remote.install(temp, want, host_file.state)
     try:
         validate(temp)
     except HostError:
@@ -90,7 +86,7 @@ def ensure_absent(remote: Remote, report: Report, path: str) -> bool:
     if have is None:
         report.unchanged(step)
         return False
-    if have[0] == "directory":
+    if have.kind == "directory":
         raise HostError(f"{path} is a directory; this tree only ever installed a file there")
     if report.change(step, "removed: this tree no longer installs it"):
         remote.run(f"rm -f {shlex.quote(path)}")

@@ -10,42 +10,43 @@ from __future__ import annotations
 from eep import app
 from eep.files import ensure_dir, ensure_file
 from eep.manifest import host_file
+from eep.pathstate import PathState, directory, regular_file
 from eep.remote import Remote
 from eep.report import Report
 
 RUNTIME, DEPLOY = app.RUNTIME_USER, app.DEPLOY_USER
 
-# (path, owner, group, mode), parents first.
-DIRECTORIES = [
-    (app.APP_ROOT, DEPLOY, RUNTIME, 0o750),
-    (app.RELEASES_DIR, DEPLOY, RUNTIME, 0o750),
-    (app.SHARED_DIR, RUNTIME, RUNTIME, 0o750),
-    (f"{app.SHARED_DIR}/media", RUNTIME, RUNTIME, 0o750),
-    (f"{app.SHARED_DIR}/var", RUNTIME, RUNTIME, 0o750),
-    (app.LOG_DIR, "root", RUNTIME, 0o750),
-    ("/etc/eep", "root", "root", 0o755),
-    (app.CONF_DIR, "root", RUNTIME, 0o750),
+# Parents first.
+DIRECTORIES: dict[str, PathState] = {
+    app.APP_ROOT: directory(DEPLOY, RUNTIME, 0o750),
+    app.RELEASES_DIR: directory(DEPLOY, RUNTIME, 0o750),
+    app.SHARED_DIR: directory(RUNTIME, RUNTIME, 0o750),
+    f"{app.SHARED_DIR}/media": directory(RUNTIME, RUNTIME, 0o750),
+    f"{app.SHARED_DIR}/var": directory(RUNTIME, RUNTIME, 0o750),
+    app.LOG_DIR: directory("root", RUNTIME, 0o750),
+    "/etc/eep": directory("root", "root", 0o755),
+    app.CONF_DIR: directory("root", RUNTIME, 0o750),
     # Root-owned, with .ssh: the developer's keys are managed in this tree, not on the
     # host. Were the home the account's own, it could move .ssh aside and add keys.
-    (f"/home/{DEPLOY}", "root", RUNTIME, 0o750),
-    (f"/home/{DEPLOY}/.ssh", "root", RUNTIME, 0o750),
-]
+    f"/home/{DEPLOY}": directory("root", RUNTIME, 0o750),
+    f"/home/{DEPLOY}/.ssh": directory("root", RUNTIME, 0o750),
+}
 if app.USE_CELERY:
-    DIRECTORIES.append((f"{app.SHARED_DIR}/redis", RUNTIME, RUNTIME, 0o700))
+    DIRECTORIES[f"{app.SHARED_DIR}/redis"] = directory(RUNTIME, RUNTIME, 0o700)
 
 # What systemd-tmpfiles makes under /run (config/tmpfiles.conf), checked after boot too.
-RUN_DIRECTORIES = [
-    (app.RUN_DIR, "directory", "root", RUNTIME, "0750"),
-    (f"{app.RUN_DIR}/uwsgi", "directory", RUNTIME, RUNTIME, "0750"),
-    (app.DEPLOY_TRIGGER, "regular file", DEPLOY, RUNTIME, "0640"),
-]
+RUN_DIRECTORIES: dict[str, PathState] = {
+    app.RUN_DIR: directory("root", RUNTIME, 0o750),
+    f"{app.RUN_DIR}/uwsgi": directory(RUNTIME, RUNTIME, 0o750),
+    app.DEPLOY_TRIGGER: regular_file(DEPLOY, RUNTIME, 0o640),
+}
 if app.USE_CELERY:
-    RUN_DIRECTORIES.append((f"{app.RUN_DIR}/redis", "directory", RUNTIME, RUNTIME, "0700"))
+    RUN_DIRECTORIES[f"{app.RUN_DIR}/redis"] = directory(RUNTIME, RUNTIME, 0o700)
 
 
 def ensure_layout(remote: Remote, report: Report) -> None:
-    for path, owner, group, mode in DIRECTORIES:
-        ensure_dir(remote, report, path, owner=owner, group=group, mode=mode)
+    for path, want in DIRECTORIES.items():
+        ensure_dir(remote, report, path, want)
     ensure_file(remote, report, host_file("config/authorized_keys"))
 
 
@@ -53,16 +54,7 @@ def ensure_run_dirs(remote: Remote, report: Report) -> None:
     """Install the tmpfiles.d entry and make /run/<slug> match it now (it is remade at boot)."""
     conf = host_file("config/tmpfiles.conf")
     changed = ensure_file(remote, report, conf)
-    wrong = []
-    for path, kind, owner, group, mode in RUN_DIRECTORIES:
-        have = remote.stat(path)
-        if have is None or (have[0].replace("regular file", "regular file"), *have[1:]) != (
-            kind,
-            mode,
-            owner,
-            group,
-        ):
-            wrong.append(path)
+    wrong = [path for path, want in RUN_DIRECTORIES.items() if remote.stat(path) != want]
     if not wrong and not changed:
         report.unchanged(f"runtime dirs {app.RUN_DIR}")
     elif report.change(f"runtime dirs {app.RUN_DIR}", "systemd-tmpfiles --create"):

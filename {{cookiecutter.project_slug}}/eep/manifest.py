@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eep import app
+from eep.pathstate import PathState, regular_file
 
 TREE = Path(__file__).resolve().parent.parent
 
@@ -24,6 +25,10 @@ class HostFile:
     mode: int = 0o644
     owner: str = "root"
     group: str = "root"
+
+    @property
+    def state(self) -> PathState:
+        return regular_file(self.owner, self.group, self.mode)
 
 
 HOST_FILES = [

@@ -7,6 +7,7 @@ import re
 from eep import app
 from eep.files import ensure_file
 from eep.manifest import host_file
+from eep.pathstate import regular_file
 from eep.remote import HostError, Remote
 from eep.report import Report
 
@@ -28,12 +29,12 @@ READS = [_readlink(link) for link in (ENABLED, DEFAULT_ENABLED, DEBIAN_DEFAULT[0
 
 def ensure_log_file(remote: Remote, report: Report, path: str) -> None:
     """An nginx log the deploy account can read: root:<app> 0640, content left alone."""
-    want = ("regular file", "0640", "root", app.RUNTIME_USER)
+    want = regular_file("root", app.RUNTIME_USER, 0o640)
     have = remote.stat(path)
     if have == want:
         report.unchanged(f"log {path}")
-    elif report.change(f"log {path}", "created" if have is None else f"was {' '.join(have)}"):
-        remote.touch_file(path, mode=0o640, owner="root", group=app.RUNTIME_USER)
+    elif report.change(f"log {path}", "created" if have is None else f"was {have}"):
+        remote.touch_file(path, want)
 
 
 def ensure_link(remote: Remote, report: Report, link: str, target: str) -> bool:

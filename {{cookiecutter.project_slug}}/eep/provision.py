@@ -24,7 +24,7 @@ def read_host(remote: Remote) -> None:
     path, the steps' read-only commands, supervisor's programs. The steps answer from it
     until one changes the host; after that they read the host again themselves."""
     files = [host_file.path for host_file in HOST_FILES]
-    dirs = [entry[0] for entry in DIRECTORIES] + [entry[0] for entry in RUN_DIRECTORIES]
+    dirs = [*DIRECTORIES, *RUN_DIRECTORIES]
     stats = files + dirs + LOG_FILES + RETIRED_FILES + [SERVICE_DROP_IN_DIR] + claims.PATHS
     commands = packages.READS + accounts.READS + nginx.READS
     remote.prefetch(stats, files, commands, supervisor_conf=supervisor.CONF)

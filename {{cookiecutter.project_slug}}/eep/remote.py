@@ -20,6 +20,7 @@ import paramiko
 from fabric import Connection
 
 from eep.manifest import TREE
+from eep.pathstate import PathState
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ class Remote:
 
     def _forget(self) -> None:
         """Drop what prefetch() read: the host may have changed since."""
-        self._stats: dict[str, tuple | None] = {}
+        self._stats: dict[str, PathState | None] = {}
         self._reads: dict[str, bytes | None] = {}
         self._answers: dict[str, Result] = {}
         self._programs: list[list[str]] | None = None
@@ -276,7 +277,8 @@ class Remote:
             raise HostError(f"reading the host's state failed: {lines[-1]}")
         facts = json.loads(result.stdout)
         self._stats = {
-            p: tuple(v) if v else None for p, v in zip(stat_paths, facts["stat"], strict=True)
+            p: PathState.observed(v) if v else None
+            for p, v in zip(stat_paths, facts["stat"], strict=True)
         }
         self._reads = {
             p: base64.b64decode(v) if v is not None else None
@@ -325,8 +327,8 @@ class Remote:
             return None
         return result.stdout.encode()
 
-    def stat(self, path: str) -> tuple[str, str, str, str] | None:
-        """(type, mode in octal, owner, group) of a path without following links, or None."""
+    def stat(self, path: str) -> PathState | None:
+        """Kind, owner, group and mode of a path without following links, or None."""
         if path in self._stats:
             return self._stats[path]
         out = self.run(
@@ -334,23 +336,23 @@ class Remote:
         )
         if out.exited != 0:
             return None
-        kind, mode, owner, group = out.stdout.strip().split("|")
-        return kind.replace("regular empty file", "regular file"), mode.zfill(4), owner, group
+        return PathState.observed(out.stdout.strip().split("|"))
 
-    def install(self, path: str, data: bytes, *, mode: int, owner: str, group: str) -> None:
+    def install(self, path: str, data: bytes, want: PathState) -> None:
         """Write a file atomically (a temporary file beside it, renamed over it), as root."""
-        self._safe("install", path, owner, group, mode, base64.b64encode(data).decode())
+        self._safe("install", path, want, base64.b64encode(data).decode())
 
-    def touch_file(self, path: str, *, mode: int, owner: str, group: str) -> None:
+    def touch_file(self, path: str, want: PathState) -> None:
         """Create a file if missing (content kept) and set its owner and mode, as root."""
-        self._safe("touch", path, owner, group, mode, "")
+        self._safe("touch", path, want, "")
 
-    def make_dir(self, path: str, *, mode: int, owner: str, group: str) -> None:
+    def make_dir(self, path: str, want: PathState) -> None:
         """Create a directory (and missing parents, root 0755) and set its owner and mode."""
-        self._safe("mkdir", path, owner, group, mode, "")
+        self._safe("mkdir", path, want, "")
 
-    def _safe(self, *request) -> None:
+    def _safe(self, verb: str, path: str, want: PathState, data: str) -> None:
         # The root-side file helper: never follows a link (see eep/host/safe_fs.py).
+        request = [verb, path, want.owner, want.group, want.mode, data]
         result = self.run_script("safe_fs", request)
         if result.exited != 0:
             lines = result.stderr.strip().splitlines() or [f"exit {result.exited}"]

@@ -7,6 +7,7 @@ import time
 from eep import app
 from eep.files import ensure_dir, ensure_file
 from eep.manifest import host_file
+from eep.pathstate import directory
 from eep.remote import HostError, Remote
 from eep.report import Report
 
@@ -48,7 +49,7 @@ def wait_running(remote: Remote, timeout: float = 20) -> dict[str, str]:
 
 def ensure_service_settings(remote: Remote, report: Report) -> None:
     """systemd brings a dead supervisord back in seconds, without orphans (a drop-in)."""
-    ensure_dir(remote, report, SERVICE_DROP_IN_DIR, owner="root", group="root", mode=0o755)
+    ensure_dir(remote, report, SERVICE_DROP_IN_DIR, directory("root", "root", 0o755))
     if (
         ensure_file(remote, report, host_file("config/supervisor-service.conf"))
         and not report.check
