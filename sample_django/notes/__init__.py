@@ -1,0 +1,1 @@
+"""The notes app: a model, a few views, the Celery tasks and the static CSS."""
