@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("django")
-
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "sample_django" / "build_release.py"
 VERSION = "1.2.3"
