@@ -43,7 +43,10 @@ def lint(c):
     # by tests/unit/test_bake.py).
     baked = bake(c, slug="lint")
     with c.cd(str(baked)):
-        c.run(f"{PY} -m mypy --ignore-missing-imports eep tasks.py config/reload.py")
+        c.run(
+            f"{PY} -m mypy --ignore-missing-imports eep tasks.py"
+            " config/reload.py config/as-app.py config/eep_env.py"
+        )
 
 
 @task

@@ -219,7 +219,7 @@ def _on_one_host(c, host: str, action) -> None:
     },
 )
 def run_command(c, command="", host="", identity=""):
-    """Run one command on the host as the deploy account, in the current release, venv active."""
+    """Run one command on the host as the app user, in the current release, with its settings."""
     from eep.control import run
 
     if not command and "--" in sys.argv:
@@ -232,7 +232,7 @@ def run_command(c, command="", host="", identity=""):
 
 @task(help=DEPLOY_HELP)
 def shell(c, host="", identity=""):
-    """An interactive shell on the host as the deploy account, in the current release."""
+    """An interactive shell on the host as the app user, in the current release."""
     from eep.control import shell as run
 
     _on_one_host(c, host, lambda spec: run(spec, identity=identity))
@@ -257,6 +257,86 @@ def logs(c, host="", identity="", follow=False, process="", lines=50):
     )
 
 
+@task(
+    name="list",
+    default=True,
+    help={
+        "show": "print the values too (they are secrets: mind who sees your screen)",
+        **DEPLOY_HELP,
+    },
+)
+def env_list(c, show=False, host="", identity=""):
+    """List the app's settings (names only unless --show)."""
+    from eep.settings import list_settings
+
+    _on_one_host(c, host, lambda spec: list_settings(spec, identity=identity, show=show) and 0)
+
+
+@task(
+    name="set",
+    help={
+        "setting": "NAME=VALUE, or NAME alone to type the value at a prompt (kept out of your"
+        " shell history: use that for secrets); more after `--`",
+        "restart": "restart the app afterwards so it sees the change",
+        **DEPLOY_HELP,
+    },
+)
+def env_set(c, setting="", restart=False, host="", identity=""):
+    """Set settings of the app (environment variables of every process); a restart applies them."""
+    from eep.settings import parse_assignments
+
+    words = [setting] if setting else []
+    if "--" in sys.argv:
+        words += sys.argv[sys.argv.index("--") + 1 :]
+    values = _settings_input(lambda: parse_assignments(words))
+    _on_one_host(
+        c, host, lambda spec: _change(spec, {"op": "set", "values": values}, restart, identity)
+    )
+
+
+@task(
+    name="unset",
+    help={
+        "name": "the setting to remove; more after `--`",
+        "restart": "restart the app afterwards",
+        **DEPLOY_HELP,
+    },
+)
+def env_unset(c, name="", restart=False, host="", identity=""):
+    """Remove settings of the app; a restart applies it."""
+    from eep.settings import check_name
+
+    names = ([name] if name else []) + (
+        sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
+    )
+    if not names:
+        raise Exit("error: no setting given: invoke env.unset NAME", code=1)
+    _settings_input(lambda: [check_name(n) for n in names])
+    _on_one_host(
+        c, host, lambda spec: _change(spec, {"op": "unset", "names": names}, restart, identity)
+    )
+
+
+def _settings_input(parse):
+    from eep.remote import HostError
+
+    try:
+        return parse()
+    except HostError as error:
+        raise Exit(f"error: {error}", code=1) from None
+
+
+def _change(spec: str, request: dict, restart: bool, identity: str) -> int:
+    from eep.control import restart as restart_app
+    from eep.settings import change_settings
+
+    if change_settings(spec, request, identity=identity) and restart:
+        restart_app(spec, identity=identity, mode="chain")
+    return 0
+
+
+env = Collection("env", env_list, env_set, env_unset)
+
 ns = Collection(
     provision,
     audit,
@@ -271,4 +351,5 @@ ns = Collection(
     logs,
     run_command,
     shell,
+    env,
 )

@@ -31,3 +31,12 @@ def task() -> str:
         abort(400)
     sleep_and_mark.delay(seconds, task_id)
     return f"queued {task_id} by {VERSION}\n"
+
+
+@application.get("/setting/<name>")
+def setting(name: str) -> str:
+    """The value of the app's setting SAMPLE_<name> (`invoke env.set`), or 404 when unset."""
+    value = os.environ.get(f"SAMPLE_{name.upper()}")
+    if value is None:
+        abort(404)
+    return value + "\n"

@@ -232,7 +232,7 @@ def test_stop_now_kills_the_running_task_at_once(tree, host):
     assert page(host).startswith("sample v1 ")
 
 
-def test_run_and_shell_work_in_the_current_release_as_the_deploy_account(tree, host):
+def test_run_and_shell_work_in_the_current_release_as_the_app_user(tree, host):
     code = "import flask, getpass, os; print(getpass.getuser(), os.getcwd(), flask.__name__)"
     # Options first: everything after `--` is the command.
     login = [
@@ -244,7 +244,7 @@ def test_run_and_shell_work_in_the_current_release_as_the_deploy_account(tree, h
     ran = tree.invoke("run", *login, "--", "python", "-c", code)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     user, cwd, module = ran.stdout.split()
-    assert (user, module) == (f"{SLUG}-deploy", "flask")
+    assert (user, module) == (SLUG, "flask")
     assert cwd == host.run(f"readlink -f /srv/{SLUG}/current").stdout.strip()
     assert tree.invoke("run", *login, "--", "sh", "-c", "exit 3").returncode == 3
     shell = tree.invoke("shell", *login, input="pwd; command -v python; id -un; exit\n")
@@ -252,7 +252,7 @@ def test_run_and_shell_work_in_the_current_release_as_the_deploy_account(tree, h
     assert shell.stdout.split()[:3] == [
         f"/srv/{SLUG}/current",
         f"/srv/{SLUG}/current/.venv/bin/python",
-        f"{SLUG}-deploy",
+        SLUG,
     ]
 
 
@@ -383,9 +383,9 @@ WORKER_ONLY_FAILURE = tasks_failing_when("sys.argv[0].endswith('celery')", "only
     ("name", "extra", "reason"),
     [
         ("migration", {"eep.toml": b'[release]\npre_activate = ["exit 3"]\n'}, "step `exit 3`"),
-        ("smoke", {"app/wsgi.py": b"raise RuntimeError('boom')\n"}, "smoke check failed"),
+        ("import", {"app/wsgi.py": b"raise RuntimeError('boom')\n"}, "loading the app failed"),
         # Web fine, but the Celery worker could not start on it.
-        ("celery", {"app/tasks.py": WORKER_ONLY_FAILURE}, "Celery check failed"),
+        ("celery", {"app/tasks.py": WORKER_ONLY_FAILURE}, "loading the Celery app failed"),
     ],
 )
 def test_failing_release_is_marked_failed_and_current_keeps_serving(
@@ -418,11 +418,11 @@ def test_a_release_uwsgi_cannot_load_is_rolled_back_automatically(tree, host, tm
 
 def test_a_release_that_fails_only_under_uwsgi_is_rolled_back_at_once(tree, host, tmp_path):
     # Same uwsgi.ini (so only the workers reload) and a module that imports fine in
-    # the smoke check but raises under uWSGI (which sets EEP_SHARED_DIR).
+    # the checks before activation but raises under uWSGI.
     wsgi = (Path(__file__).parents[2] / "sample_app" / "app" / "wsgi.py").read_text()
     wsgi = wsgi.replace(
         "import os\n",
-        "import os\n\nif 'EEP_SHARED_DIR' in os.environ:\n    raise RuntimeError('boom')\n",
+        "import os\nimport sys\n\nif 'uwsgi' in sys.modules:\n    raise RuntimeError('boom')\n",
         1,
     )
     started = time.monotonic()

@@ -58,6 +58,9 @@ def sudoers_commands(text: str) -> list[str]:
     return commands
 
 
+AS_APP_VERBS = ("check", "steps", "health", "run", "shell", "env")
+
+
 def test_sudoers_allows_only_literal_supervisorctl_verbs_for_this_app(bake):
     text = (bake().project_path / "config" / "sudoers").read_text()
     ctl = "/usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
@@ -72,6 +75,7 @@ def test_sudoers_allows_only_literal_supervisorctl_verbs_for_this_app(bake):
         "/etc/eep/shop/reload all",
         "/etc/eep/shop/reload full",
         "/etc/eep/shop/reload wait",
+        *(f"/etc/eep/shop/as-app {verb}" for verb in AS_APP_VERBS),
     ]
     assert all(line.startswith(("#", "shop-deploy ", "    ")) for line in text.splitlines())
     # The one rule that is not a supervisorctl verb runs as the app user, never as root.

@@ -110,7 +110,8 @@ def test_the_sudo_rules_are_read_from_config_sudoers(bake):
     ctl = "/usr/bin/supervisorctl -c /etc/supervisor/supervisord.conf"
     assert ("root", f"{ctl} stop shop") in rules
     assert ("shop", "/etc/eep/shop/reload wait") in rules
-    assert len(rules) == 10 and all(who in ("root", "shop") for who, _ in rules)
+    assert ("shop", "/etc/eep/shop/as-app env") in rules
+    assert len(rules) == 16 and all(who in ("root", "shop") for who, _ in rules)
 
 
 def test_logs_show_what_the_app_wrote_without_letting_it_drive_the_terminal(bake):

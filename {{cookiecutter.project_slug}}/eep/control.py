@@ -7,6 +7,7 @@ the deploy account may read; nothing here needs a password.
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from eep import app
 from eep.remote import HostError, Remote, Target, known_hosts_path
 from eep.report import say
 from eep.serving import CTL, UWSGI_LOG, activate_release, await_celery, program_state, serve
-from eep.session import Session
+from eep.session import AS_APP, Session
 from eep.supervisor import PROGRAMS
 
 LOGS = {
@@ -178,24 +179,18 @@ def start(spec: str, *, identity: str = "") -> None:
     say(f"[{session.target}] started {app.SLUG}: nginx answers {answer}")
 
 
-def _in_release(command: str) -> str:
-    """`command` in the current release with its virtualenv, as uWSGI would see the app."""
-    # umask: what the command creates in the release stays the deploy account's to write.
-    return (
-        f"umask 027 && cd {app.CURRENT} && export VIRTUAL_ENV={app.CURRENT}/.venv"
-        f" PATH={app.CURRENT}/.venv/bin:$PATH EEP_SHARED_DIR={app.SHARED_DIR} && {command}"
-    )
-
-
 def run(spec: str, command: str, *, identity: str = "") -> int:
-    """Run one command on the host as the deploy account in the current release; its exit status."""
+    """Run one command on the host AS THE APP USER in the current release, with the app's
+    environment and settings (config/as-app.py); its exit status."""
     target = Target.parse(spec, default_user=app.DEPLOY_USER)
     remote = Remote(target, identity=identity, become_root=False)
     remote.open()
     try:
-        if remote.stat(app.CURRENT) is None:
-            raise HostError("no release deployed yet")
-        result = remote.conn.run(_in_release(command), warn=True, in_stream=False)
+        # The command goes to as-app on stdin (printf is the shell's own, not a process).
+        request = shlex.quote(json.dumps({"command": command}))
+        result = remote.conn.run(
+            f"printf '%s\\n' {request} | {AS_APP} run", warn=True, in_stream=False
+        )
     finally:
         remote.close()
     return result.exited
@@ -210,11 +205,11 @@ def shell_command(spec: str, *, identity: str = "") -> list[str]:
     argv += ["-o", f"UserKnownHostsFile={known_hosts_path()} ~/.ssh/known_hosts"]
     argv += ["-p", str(target.port)] if target.port else []
     argv += ["-i", identity] if identity else []
-    return [*argv, f"{target.user}@{target.host}", _in_release("exec bash -i")]
+    return [*argv, f"{target.user}@{target.host}", f"{AS_APP} shell"]
 
 
 def shell(spec: str, *, identity: str = "") -> int:
-    """An interactive shell on the host as the deploy account, in the current release."""
+    """An interactive shell on the host as the app user, in the current release."""
     return subprocess.run(shell_command(spec, identity=identity), check=False).returncode
 
 

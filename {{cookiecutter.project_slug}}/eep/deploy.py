@@ -61,10 +61,23 @@ def _build(
     with session.step("venv", running=f"pip install -r requirements.txt{_listing(requirements)}"):
         venv = session.agent("venv", release_id)
     session.say("", f"virtualenv {venv['venv']} {'reused' if venv['reused'] else 'built'}")
-    with session.step("checks"):
-        celery = ["--celery", app.CELERY_APP] if app.USE_CELERY else []
-        session.agent("smoke", release_id, app.WSGI_MODULE, *celery)
-        session.agent("steps", release_id)
+    config = session.agent("config", release_id)
+    if config["build"]:
+        with session.step("build", running=" && ".join(config["build"])[:60]) as details:
+            details.append(f"{len(config['build'])} step(s) as {app.DEPLOY_USER}")
+            session.agent("build", release_id)
+    request = {"release": release_id}
+    with session.step("checks") as details:
+        session.as_app("check", request)
+        details.append(f"app{' and Celery' if app.USE_CELERY else ''} load as {app.RUNTIME_USER}")
+    if config["pre_activate"]:
+        with session.step("steps", running=" && ".join(config["pre_activate"])[:60]) as details:
+            details += session.as_app("steps", request)["steps"]
+    with session.step("health") as details:
+        answer = session.as_app(
+            "health", {**request, "path": config["health"], "host": session.host_header}
+        )
+        details.append(f"GET {config['health']} (Host: {session.host_header}): {answer['status']}")
     session.agent("ready", release_id)
 
 

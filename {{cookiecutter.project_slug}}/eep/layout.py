@@ -26,6 +26,7 @@ DIRECTORIES: dict[str, PathState] = {
     app.LOG_DIR: directory("root", RUNTIME, 0o750),
     "/etc/eep": directory("root", "root", 0o755),
     app.CONF_DIR: directory("root", RUNTIME, 0o750),
+    f"{app.CONF_DIR}/python": directory("root", RUNTIME, 0o750),
     # Root-owned, with .ssh: the developer's keys are managed in this tree, not on the
     # host. Were the home the account's own, it could move .ssh aside and add keys.
     f"/home/{DEPLOY}": directory("root", RUNTIME, 0o750),

@@ -43,6 +43,9 @@ HOST_FILES = [
     # Named by sudo rules: root-owned, so neither the app nor the developer can change them.
     HostFile("config/stop-app.sh", f"{app.CONF_DIR}/stop-app", mode=0o755),
     HostFile("config/reload.py", f"{app.CONF_DIR}/reload", mode=0o755),
+    HostFile("config/as-app.py", f"{app.CONF_DIR}/as-app", mode=0o755),
+    # Read by every uWSGI worker (`import = eep_env`) and by as-app: the app's settings.
+    HostFile("config/eep_env.py", f"{app.CONF_DIR}/python/eep_env.py"),
     HostFile("config/logrotate.conf", f"/etc/logrotate.d/eep-{app.SLUG}"),
     # The developer's public key (never a private key): SSH login as the deploy account.
     HostFile(

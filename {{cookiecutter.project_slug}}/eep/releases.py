@@ -28,6 +28,7 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -167,25 +168,6 @@ def no_group_write(top: Path) -> None:
                 os.chmod(path, stat.S_IMODE(info.st_mode) & ~0o022)
 
 
-def smoke(release_id: str, wsgi_module: str, celery_app: str = "") -> dict:
-    """Import the WSGI callable with the release's own venv, as the app will; with
-    `celery_app`, load the Celery app too (`celery -A APP report`: no broker needed).
-    A worker that cannot load its app would otherwise only fail after activation, once
-    the old worker has finished its tasks."""
-    release = release_dir(release_id)
-    module, _, attribute = wsgi_module.partition(":")
-    code = (
-        "import importlib, sys; sys.path.insert(0, '.');"
-        f" app = getattr(importlib.import_module({module!r}), {attribute!r});"
-        " assert callable(app), 'not callable'"
-    )
-    _run([str(release / ".venv" / "bin" / "python"), "-c", code], release, "smoke check")
-    if celery_app:
-        celery = [str(release / ".venv" / "bin" / "celery"), "-A", celery_app, "report"]
-        _run(celery, release, "Celery check")
-    return {"smoke": "ok"}
-
-
 def check_release_ini(release_id: str) -> dict:
     """Refuse a uwsgi.ini that sets more than the options a release owns (release_rules.py)."""
     path = release_dir(release_id) / "uwsgi.ini"
@@ -214,31 +196,50 @@ def check_release_requirements(release: Path) -> None:
             raise ReleaseError(str(error)) from None
 
 
-def run_steps(release_id: str) -> dict:
-    """Run the release's pre-activation steps (eep.toml: [release] pre_activate)."""
-    release = release_dir(release_id)
-    steps = release_config(release).get("pre_activate", [])
-    if not isinstance(steps, list) or not all(isinstance(step, str) for step in steps):
-        raise ReleaseError("eep.toml: [release] pre_activate must be a list of command strings")
-    env = dict(os.environ)
-    env["PATH"] = f"{release / '.venv' / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
-    env["VIRTUAL_ENV"] = str(release / ".venv")
-    env["EEP_SHARED_DIR"] = str(ROOT / "shared")
-    for step in steps:
-        _run(["/bin/sh", "-c", step], release, f"step `{step}`", env=env)
-    return {"steps": len(steps)}
+CONFIG_KEYS = {"build", "pre_activate", "health"}
 
 
-def release_config(release: Path) -> dict:
-    path = release / "eep.toml"
-    if not path.exists():
-        return {}
-    import tomllib
-
+def release_config(release_id: str) -> dict:
+    """The release's eep.toml [release] table, checked: `build` and `pre_activate` are
+    lists of shell commands, `health` a URL path (default "/")."""
+    path = release_dir(release_id) / "eep.toml"
     try:
-        return tomllib.loads(path.read_text()).get("release", {})
+        table = tomllib.loads(path.read_text()).get("release", {}) if path.exists() else {}
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ReleaseError(f"eep.toml is not valid TOML: {error}") from None
+    unknown = sorted(set(table) - CONFIG_KEYS)
+    if not isinstance(table, dict) or unknown:
+        raise ReleaseError(f"eep.toml: [release] has unknown keys: {', '.join(unknown)}")
+    for key in ("build", "pre_activate"):
+        steps = table.get(key, [])
+        if not isinstance(steps, list) or not all(isinstance(s, str) and s for s in steps):
+            raise ReleaseError(f"eep.toml: [release] {key} must be a list of command strings")
+    health = table.get("health", "/")
+    if not isinstance(health, str) or not health.startswith("/") or any(c in health for c in " \n"):
+        raise ReleaseError("eep.toml: [release] health must be a URL path such as /health/")
+    return {
+        "build": table.get("build", []),
+        "pre_activate": table.get("pre_activate", []),
+        "health": health,
+    }
+
+
+def build(release_id: str) -> dict:
+    """Run the release's build steps (eep.toml: [release] build) as the deploy account, in
+    the release with its virtualenv: they may write the release (collectstatic), get no
+    settings and no shared/. Then nothing in the release stays writable by the group."""
+    release = release_dir(release_id)
+    steps = release_config(release_id)["build"]
+    env = {
+        "PATH": f"{release / '.venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "VIRTUAL_ENV": str(release / ".venv"),
+        "HOME": os.environ.get("HOME", "/"),
+        "LANG": "C.UTF-8",
+    }
+    for step in steps:
+        _run(["/bin/sh", "-c", step], release, f"build step `{step}`", env=env)
+    no_group_write(release)
+    return {"build": steps}
 
 
 def ready(release_id: str) -> dict:
@@ -375,10 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["fail"].add_argument("reason")
     sub.add_parser("venv").add_argument("release_id")
     sub.choices["venv"].add_argument("--python", default="/usr/bin/python3")
-    sub.add_parser("smoke").add_argument("release_id")
-    sub.choices["smoke"].add_argument("wsgi_module")
-    sub.choices["smoke"].add_argument("--celery", default="")
-    sub.add_parser("steps").add_argument("release_id")
+    sub.add_parser("config").add_argument("release_id")
+    sub.add_parser("build").add_argument("release_id")
     sub.add_parser("ini").add_argument("release_id")
     sub.add_parser("ready").add_argument("release_id")
     sub.add_parser("activate").add_argument("release_id")
@@ -400,8 +399,8 @@ def dispatch(args: argparse.Namespace) -> dict:
         "unlock": unlock,
         "fail": lambda: fail(args.release_id, args.reason),
         "venv": lambda: build_venv(args.release_id, args.python),
-        "smoke": lambda: smoke(args.release_id, args.wsgi_module, args.celery),
-        "steps": lambda: run_steps(args.release_id),
+        "config": lambda: release_config(args.release_id),
+        "build": lambda: build(args.release_id),
         "ini": lambda: check_release_ini(args.release_id),
         "ready": lambda: ready(args.release_id),
         "activate": lambda: activate(args.release_id, args.how, args.by),

@@ -23,6 +23,8 @@ from eep.remote import Conversation, HostError, Remote, Target
 from eep.report import progress, say
 
 AGENT_DIR = f"{app.APP_ROOT}/.eep"
+# The app's own code, run as the app user through the literal sudo rules (config/as-app.py).
+AS_APP = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/as-app"
 HERE = Path(__file__).resolve().parent
 AGENT_FILES = ("releases.py", "tarball.py", "release_rules.py")
 # Modes of what deploy uploads, never the local file's: the app (group) writes none.
@@ -115,6 +117,28 @@ class Session:
             raise HostError(answer["error"])
         return answer["ok"]
 
+    def as_app(self, verb: str, request: dict | None = None) -> dict:
+        """Run one verb of config/as-app on the host AS THE APP USER (its sudo rule), the
+        request on stdin; its answer, or its one-line error as a HostError. Output a
+        failed step printed ("  | ..." lines) is shown first."""
+        result = self.remote.run(
+            f"{AS_APP} {shlex.quote(verb)}",
+            stdin=(json.dumps(request or {}) + "\n").encode(),
+            check=False,
+        )
+        if result.exited != 0:
+            lines = result.stderr.strip().splitlines() or [f"as-app {verb}: exit {result.exited}"]
+            for line in lines[:-1]:
+                if line.startswith("  | "):
+                    say(f"[{self.target}] {'':<10} {line[4:]}")
+            raise HostError(lines[-1].removeprefix("error: "))
+        return json.loads(result.stdout)
+
+    @property
+    def host_header(self) -> str:
+        """The Host the site answers to: the app's first domain (a wildcard made concrete)."""
+        return app.DOMAINS[0].replace("*.", "www.")
+
     @property
     def who(self) -> str:
         """The developer behind this session, as the lock and the release history name them."""
@@ -122,4 +146,4 @@ class Session:
 
     def http_status(self, path: str = "/") -> int:
         """Status nginx gives for `path` on the app's first domain, asked from the host itself."""
-        return self.agent("http-status", path, app.DOMAINS[0].replace("*.", "www."))["status"]
+        return self.agent("http-status", path, self.host_header)["status"]

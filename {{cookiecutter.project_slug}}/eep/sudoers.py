@@ -23,6 +23,8 @@ def ensure_sudoers(remote: Remote, report: Report) -> None:
     # The scripts the rules name go first, so a rule never points at a missing file.
     ensure_file(remote, report, host_file("config/stop-app.sh"))
     ensure_file(remote, report, host_file("config/reload.py"))
+    ensure_file(remote, report, host_file("config/eep_env.py"))
+    ensure_file(remote, report, host_file("config/as-app.py"))
     ensure_file(remote, report, host_file("config/sudoers"), validate=visudo)
 
 

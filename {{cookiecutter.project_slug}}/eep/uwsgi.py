@@ -11,7 +11,9 @@ from eep.report import Report
 
 def ensure_uwsgi_files(remote: Remote, report: Report) -> tuple[bool, bool]:
     """Install the files uWSGI and the broker read; return (uwsgi changed, broker changed)."""
+    # The settings loader first: the ini imports it in every worker.
+    loader = ensure_file(remote, report, host_file("config/eep_env.py"))
     ini = ensure_file(remote, report, host_file("config/uwsgi-base.ini"))
     page = ensure_file(remote, report, host_file("config/no-release.py"))
     broker = app.USE_CELERY and ensure_file(remote, report, host_file("config/redis.conf"))
-    return ini or page, broker
+    return ini or page or loader, broker
