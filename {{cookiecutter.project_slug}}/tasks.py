@@ -269,7 +269,7 @@ def env_list(c, show=False, host="", identity=""):
     """List the app's settings (names only unless --show)."""
     from eep.settings import list_settings
 
-    _on_one_host(c, host, lambda spec: list_settings(spec, identity=identity, show=show) and 0)
+    _on_one_host(c, host, lambda spec: list_settings(spec, identity=identity, show=show) or 0)
 
 
 @task(
@@ -281,11 +281,11 @@ def env_list(c, show=False, host="", identity=""):
         **DEPLOY_HELP,
     },
 )
-def env_set(c, setting="", restart=False, host="", identity=""):
+def env_set(c, setting, restart=False, host="", identity=""):
     """Set settings of the app (environment variables of every process); a restart applies them."""
     from eep.settings import parse_assignments
 
-    words = [setting] if setting else []
+    words = [setting]
     if "--" in sys.argv:
         words += sys.argv[sys.argv.index("--") + 1 :]
     values = _settings_input(lambda: parse_assignments(words))
@@ -302,15 +302,11 @@ def env_set(c, setting="", restart=False, host="", identity=""):
         **DEPLOY_HELP,
     },
 )
-def env_unset(c, name="", restart=False, host="", identity=""):
+def env_unset(c, name, restart=False, host="", identity=""):
     """Remove settings of the app; a restart applies it."""
     from eep.settings import check_name
 
-    names = ([name] if name else []) + (
-        sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
-    )
-    if not names:
-        raise Exit("error: no setting given: invoke env.unset NAME", code=1)
+    names = [name] + (sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else [])
     _settings_input(lambda: [check_name(n) for n in names])
     _on_one_host(
         c, host, lambda spec: _change(spec, {"op": "unset", "names": names}, restart, identity)

@@ -36,8 +36,14 @@ def host(testhost_factory_module, tree, tmp_path_factory):
 
 
 def app(tree, host, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
-    login = ["--host", f"{SLUG}-deploy@127.0.0.1:{host.ssh_port}"]
-    return tree.invoke(*args, *login, "--identity", str(tree.deploy_key), input=input)
+    # Options right after the task: everything after `--` belongs to the task.
+    login = [
+        "--host",
+        f"{SLUG}-deploy@127.0.0.1:{host.ssh_port}",
+        "--identity",
+        str(tree.deploy_key),
+    ]
+    return tree.invoke(args[0], *login, *args[1:], input=input)
 
 
 def get(host, path: str) -> tuple[str, str]:
@@ -45,7 +51,7 @@ def get(host, path: str) -> tuple[str, str]:
     url = shlex.quote(f"http://127.0.0.1{path}")
     out = host.run(f"curl -s -w '\\n%{{http_code}}' -H 'Host: {SLUG}.example.com' {url}").stdout
     body, _, status = out.rpartition("\n")
-    return status, body
+    return status, body.removesuffix("\n")
 
 
 def test_set_takes_effect_at_the_restart_and_list_shows_names_only(tree, host):
@@ -101,7 +107,8 @@ def test_a_bad_setting_gets_one_line_and_changes_nothing(tree, host, words, mess
     before = host.run(f"cat /srv/{SLUG}/shared/env").stdout
     done = app(tree, host, "env.set", "SAMPLE_SIZE=11", "--", *words)
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and message.removeprefix("error: ") in line, done.stderr
     assert host.run(f"cat /srv/{SLUG}/shared/env").stdout == before
 
 

@@ -41,7 +41,7 @@ def check_name(name: str) -> None:
         )
 
 
-def list_settings(spec: str, *, identity: str = "", show: bool = False) -> dict[str, str]:
+def list_settings(spec: str, *, identity: str = "", show: bool = False) -> None:
     with Session(spec, identity) as session:
         if show:
             values = session.as_app("env", {"op": "show"})["values"]
@@ -51,7 +51,6 @@ def list_settings(spec: str, *, identity: str = "", show: bool = False) -> dict[
         say(f"{name}={value}" if show else name)
     if not values:
         say(f"[{session.target}] no settings (invoke env.set NAME)")
-    return values
 
 
 def change_settings(spec: str, request: dict, *, identity: str = "") -> list[str]:
