@@ -22,6 +22,7 @@ APP_ROOT = {{ cookiecutter.__app_root | tojson }}
 RELEASES_DIR = f"{APP_ROOT}/releases"
 CURRENT = f"{APP_ROOT}/current"
 SHARED_DIR = f"{APP_ROOT}/shared"
+SETTINGS_FILE = f"{SHARED_DIR}/env"
 RUN_DIR = {{ cookiecutter.__run_dir | tojson }}
 LOG_DIR = {{ cookiecutter.__log_dir | tojson }}
 CONF_DIR = {{ cookiecutter.__conf_dir | tojson }}
