@@ -39,10 +39,9 @@ def test_the_tree_s_own_uwsgi_ini_is_accepted(bake, celery, beat):
     beats = [value for value in daemons if " beat " in value]
     assert len(daemons) == (celery == "y") + (beat == "y")
     assert len(beats) == (beat == "y")
-    if beats:  # one beat, tracked by the pidfile celery locks, schedule kept in shared/
-        assert beats[0].startswith("pidfile=/run/shop/uwsgi/beat.pid,notifypid=1,")
+    if beats:  # one beat, tracked by the pidfile uWSGI writes, schedule kept in shared/
+        assert beats[0].startswith("pidfile=/run/shop/uwsgi/beat.pid,daemonize=1,notifypid=1,")
         assert "touch=/run/shop/deploy," in beats[0]
-        assert "--pidfile=/run/shop/uwsgi/beat.pid" in beats[0]
         assert "--schedule=/srv/shop/shared/var/celerybeat-schedule" in beats[0]
 
 
@@ -52,12 +51,14 @@ BEAT = "pidfile=/run/x/b.pid,touch=/run/x/deploy,cmd=exec /v/bin/celery -A app b
 @pytest.mark.parametrize(
     ("body", "named"),
     [
-        (f"attach-daemon2 = {BEAT}\n", "needs pidfile=PATH and the same --pidfile=PATH"),
-        (f"attach-daemon2 = {BEAT} --pidfile=/run/x/other.pid\n", "the same --pidfile=PATH"),
-        ("attach-daemon2 = cmd=exec celery -A app beat --pidfile=/run/x/b.pid\n", "needs pidfile"),
-        (f"attach-daemon2 = {BEAT} --pidfile=/run/x/b.pid\n" * 2, "2 lines run celery beat"),
+        # celery writes the pidfile: uWSGI starts the next beat as soon as celery removes
+        # it, while the old process is still exiting.
+        (f"attach-daemon2 = {BEAT} --pidfile=/run/x/b.pid\n", "needs pidfile=PATH and daemon"),
+        (f"attach-daemon2 = daemonize=0,{BEAT}\n", "needs pidfile=PATH and daemonize=1"),
+        ("attach-daemon2 = daemonize=1,cmd=exec celery -A app beat\n", "needs pidfile"),
+        (f"attach-daemon2 = daemonize=1,{BEAT}\n" * 2, "2 lines run celery beat"),
         (
-            f"attach-daemon2 = {BEAT} --pidfile=/run/x/b.pid\n"
+            f"attach-daemon2 = daemonize=1,{BEAT}\n"
             "attach-daemon2 = cmd=exec celery -A app worker -B\n",
             "2 lines run celery beat",
         ),
@@ -69,7 +70,7 @@ def test_an_ini_that_could_run_two_beats_is_refused(body, named):
 
 
 def test_one_beat_tracked_by_its_pidfile_is_accepted():
-    body = f"attach-daemon2 = {BEAT} --pidfile=/run/x/b.pid --schedule=/s/x,y\n"
+    body = f"attach-daemon2 = daemonize=1,{BEAT} --schedule=/s/x,y\n"
     assert release_rules.check_ini("[uwsgi]\nmodule = app.wsgi\n" + body)
 
 

@@ -158,9 +158,9 @@ def _runs_beat(words: list[str]) -> bool:
 
 
 def _check_beats(options: list[tuple[str, str]]) -> None:
-    """Celery beat queues each scheduled job: two beats run every job twice. uWSGI
-    starts a second one unless it tracks the beat by a pidfile, and celery refuses
-    to start a second one only while its --pidfile names the live beat: the same file."""
+    """Celery beat queues each scheduled job: two beats run every job twice. uWSGI starts
+    a second one unless it writes the beat's pidfile itself (daemonize) and so starts
+    one only while the pid there is not alive."""
     beats = 0
     for name, value in options:
         if "attach-daemon" not in name:
@@ -170,12 +170,11 @@ def _check_beats(options: list[tuple[str, str]]) -> None:
         if not _runs_beat(words):
             continue
         beats += 1
-        pidfile = fields.get("pidfile", "")
-        tracked = bool(pidfile) and f"--pidfile={pidfile}" in words
+        tracked = fields.get("pidfile") and fields.get("daemonize", "0") not in ("", "0")
         if name == "attach-daemon2" and "beat" in words and not tracked:
             raise IniError(
-                "attach-daemon2 running celery beat needs pidfile=PATH and the same"
-                " --pidfile=PATH for celery (else uWSGI may start a second beat)"
+                "attach-daemon2 running celery beat needs pidfile=PATH and daemonize=1"
+                " (else uWSGI may start a second beat beside one that runs)"
             )
     if beats > 1:
         raise IniError(f"{beats} lines run celery beat: at most one (two run every job twice)")
