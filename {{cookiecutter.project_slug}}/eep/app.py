@@ -16,6 +16,8 @@ WSGI_MODULE = {{ cookiecutter.wsgi_module | tojson }}
 PYTHON_VERSION = {{ cookiecutter.python_version | tojson }}
 USE_CELERY = {{ "True" if cookiecutter.use_celery == "y" else "False" }}
 CELERY_APP = {{ cookiecutter.celery_app | tojson }}
+# Celery beat attached too (uwsgi.ini): one instance, its schedule in shared/var.
+USE_BEAT = {{ "True" if cookiecutter.celery_beat == "y" else "False" }}
 KEEP_RELEASES = {{ cookiecutter.keep_releases | int }}
 
 APP_ROOT = {{ cookiecutter.__app_root | tojson }}
