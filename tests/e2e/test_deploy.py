@@ -363,16 +363,11 @@ def _fifo(name: str) -> tarfile.TarInfo:
 def tasks_failing_when(condition: str, message: str) -> bytes:
     """The sample app's tasks module, raising `message` at import when `condition` holds
     (the web side imports it too, so only a worker's command line can tell them apart)."""
-    return (
-        (REPO / "sample_app" / "app" / "tasks.py")
-        .read_bytes()
-        .replace(
-            b"\nfrom celery import Celery\n",
-            b"\nimport sys\n\nfrom celery import Celery\n\n"
-            + f"if {condition}:\n    raise RuntimeError({message!r})\n".encode(),
-            1,
-        )
-    )
+    source = (REPO / "sample_app" / "app" / "tasks.py").read_bytes()
+    head = b"from __future__ import annotations\n"
+    assert head in source
+    failing = f"\nimport sys\n\nif {condition}:\n    raise RuntimeError({message!r})\n"
+    return source.replace(head, head + failing.encode(), 1)
 
 
 # Any `celery` command fails, `celery report` included: caught before activation.
