@@ -57,6 +57,7 @@ SYSTEM_DIRS += ("/var", "/lib32", "/lib64", "/libx32", "/media", "/mnt", "/snap"
 # Known-safe places under those: nginx's own (Debian's /var/www).
 SAFE_DIRS = ("/var/www",)
 CHOICES = {"python_version": ("3.11", "3.12", "3.13"), "use_celery": ("y", "n")}
+CHOICES["celery_beat"] = ("n", "y")
 RANGES = {
     "keep_releases": (2, 50),
     "uwsgi_processes": (1, 64),
@@ -238,7 +239,15 @@ def validate(answers: dict[str, object]) -> list[str]:
             check(value)
         except Refused as problem:
             errors.append(f"{field}: {problem}")
+    errors += check_beat_needs_celery(answers)
     return errors
+
+
+def check_beat_needs_celery(answers: dict[str, object]) -> list[str]:
+    """Beat only sends jobs to the queue: without a worker (and its broker) nothing runs them."""
+    if answers.get("celery_beat") == "y" and answers.get("use_celery") != "y":
+        return ["celery_beat: needs use_celery=y (beat only queues jobs; the worker runs them)"]
+    return []
 
 
 def main(answers: dict[str, object]) -> int:

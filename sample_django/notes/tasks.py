@@ -7,6 +7,8 @@ import os
 import time
 from datetime import UTC, datetime
 
+from celery import Task
+from celery.signals import before_task_publish
 from django.conf import settings
 
 from notes.models import Note
@@ -26,10 +28,22 @@ def sleep_and_note(seconds: float, task_id: str) -> int:
     return note.pk
 
 
-@app.task
-def beat_tick() -> None:
-    """Scheduled every 5 s (shop/celery.py): one line per run, so runs can be counted."""
+@before_task_publish.connect
+def stamp_the_sender(sender: str = "", headers: dict | None = None, **_: object) -> None:
+    # Runs in the process that queues a task (for beat_tick: the beat). The worker may
+    # run queued ticks in a burst after its own restart; the sender's time and pid are
+    # what tell one beat from two.
+    if sender == "notes.tasks.beat_tick" and headers is not None:
+        headers.update(queued_at=time.time(), queued_by=os.getpid())
+
+
+@app.task(bind=True)
+def beat_tick(self: Task) -> None:
+    """Scheduled every 5 s (shop/celery.py): one line per run (UTC time it was queued, pid
+    of the beat that queued it, release that ran it), so runs can be counted."""
+    queued_at = getattr(self.request, "queued_at", None) or time.time()
+    queued_by = getattr(self.request, "queued_by", None) or os.getpid()
+    when = datetime.fromtimestamp(queued_at, UTC).isoformat(timespec="milliseconds")
     settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
-    now = datetime.now(UTC).isoformat(timespec="seconds")
     with (settings.VAR_DIR / "beat.log").open("a") as log:
-        log.write(f"{now} {VERSION}\n")
+        log.write(f"{when} {queued_by} {VERSION}\n")

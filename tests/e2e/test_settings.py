@@ -149,3 +149,17 @@ def test_release_steps_and_the_health_check_run_as_the_app_with_its_settings(tre
     )
     assert get(host, "/setting/token") == ("200", SECRET)
     assert get(host, "/")[1].startswith("sample v3 ")
+
+
+def test_the_audit_fails_when_the_settings_file_is_opened_up(tree, host):
+    spec = f"root@127.0.0.1:{host.ssh_port}"
+    audit = ["audit", "--host", spec, "--identity", str(host.key_path)]
+    assert tree.invoke(*audit).returncode == 0
+    settings = f"/srv/{SLUG}/shared/env"
+    host.run(f"chmod 0640 {settings}")
+    try:
+        failed = tree.invoke(*audit)
+        assert failed.returncode == 1
+        assert f"{settings} is regular file {SLUG}:{SLUG} 0640" in failed.stdout, failed.stdout
+    finally:
+        host.run(f"chmod 0600 {settings}")

@@ -16,6 +16,7 @@ HOSTILE_NAME = 'Bob\'s "Shop" $(touch /tmp/pwned) `id`; rm -rf ../ \\ %(y)s ${HO
 SUPPORTED = [
     pytest.param({}, id="defaults-with-celery"),
     pytest.param({"use_celery": "n"}, id="no-celery"),
+    pytest.param({"celery_beat": "y"}, id="celery-beat"),
     pytest.param({"python_version": "3.12"}, id="python-3.12"),
     pytest.param({"python_version": "3.13", "use_celery": "n"}, id="python-3.13-no-celery"),
     pytest.param({"domain": "a.example.com,b.example.org *.c.example.net"}, id="many-domains"),
@@ -114,6 +115,7 @@ INVALID = [
     _refused("wsgi_module", "'app/wsgi:app' is not of the form", wsgi_module="app/wsgi:app"),
     _refused("wsgi_module", "'a:b`id`' is not of the form", wsgi_module="a:b`id`"),
     _refused("celery_app", "'x y' is not a dotted module path", celery_app="x y"),
+    _refused("celery_beat", "needs use_celery=y", celery_beat="y", use_celery="n"),
     _refused("keep_releases", "'1' must be a whole number from 2 to 50", keep_releases="1"),
     _refused("uwsgi_processes", "'0' must be a whole number from 1 to 64", uwsgi_processes="0"),
     _refused("uwsgi_threads", "'two' must be a whole number", uwsgi_threads="two"),

@@ -57,6 +57,7 @@ def test_validate_skips_celery_app_without_celery(ssh_keys):
         wsgi_module="a:b",
         celery_app="not valid!",
         use_celery="n",
+        celery_beat="n",
         python_version="3.11",
         deploy_ssh_key=ssh_keys["ed25519"],
         web_root="/srv",
@@ -71,6 +72,16 @@ def test_validate_skips_celery_app_without_celery(ssh_keys):
     assert pre.validate({**answers, "use_celery": "y"}) == [
         "celery_app: 'not valid!' is not a dotted module path (package.module[:app])"
     ]
+
+
+@pytest.mark.parametrize(
+    ("use_celery", "celery_beat", "refused"),
+    [("y", "y", False), ("y", "n", False), ("n", "n", False), ("n", "y", True)],
+)
+def test_beat_is_refused_without_celery_in_one_line(use_celery, celery_beat, refused):
+    errors = pre.check_beat_needs_celery({"use_celery": use_celery, "celery_beat": celery_beat})
+    line = "celery_beat: needs use_celery=y (beat only queues jobs; the worker runs them)"
+    assert errors == ([line] if refused else [])
 
 
 def test_domain_names_split_on_spaces_and_commas():

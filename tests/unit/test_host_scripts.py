@@ -285,6 +285,26 @@ def test_steps_answer_from_the_facts_until_a_command_changes_the_host(tree):
 # -- celery: which Celery worker started after the restart trigger ----------------------------
 
 
+BEAT_ARGS = ["/srv/x/.venv/bin/celery", "-A", "worker", "beat", "--pidfile=/run/x/b.pid"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["/usr/bin/python3", "/srv/x/current/.venv/bin/celery", "-A", "app", "worker"], "worker"),
+        (BEAT_ARGS, "beat"),
+        (["python3", "-m", "celery", "--app=worker", "--workdir", "/w", "beat", "-l", "X"], "beat"),
+        (["python3", "-c", "pass", "celery", "worker"], "worker"),
+        (["/srv/x/.venv/bin/python3", "-m", "app.consumer", "beat"], ""),
+        (["/srv/x/.venv/bin/celery", "-A", "app"], ""),
+    ],
+)
+def test_a_celery_command_s_subcommand_tells_the_worker_from_the_beat(tree, args, expected):
+    code = f"from eep.host.celery import subcommand\nprint(repr(subcommand({args!r})))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True)
+    assert proc.stdout.strip() == repr(expected), proc.stderr
+
+
 def test_the_celery_scan_tells_workers_started_after_the_trigger_and_their_pool(
     host_script, tmp_path
 ):
@@ -299,6 +319,8 @@ def test_the_celery_scan_tells_workers_started_after_the_trigger_and_their_pool(
     pool = "import subprocess, sys, time; subprocess.Popen(['sleep', '30']); time.sleep(30)"
     new = subprocess.Popen([sys.executable, "-c", pool, "celery", "worker"])
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "beat"])
+    # The beat is attached like the worker, even with an app named like a subcommand.
+    beat = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"] + BEAT_ARGS)
     try:
         time.sleep(0.5)
         done = host_script("celery", {"master_pidfile": str(pidfile), "trigger": str(trigger)})
@@ -308,6 +330,6 @@ def test_the_celery_scan_tells_workers_started_after_the_trigger_and_their_pool(
         assert found[old.pid][0] < 0 and found[old.pid][1] == 0
         assert found[new.pid][0] >= 0 and found[new.pid][1] == 1
     finally:
-        for process in (old, new, other):
+        for process in (old, new, other, beat):
             process.kill()
             process.wait()

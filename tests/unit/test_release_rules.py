@@ -31,10 +31,47 @@ def test_the_options_a_developer_tunes_are_accepted():
     assert ("processes", "4") in options and len(options) == 9
 
 
-def test_the_tree_s_own_uwsgi_ini_is_accepted(bake):
-    for celery in ("y", "n"):
-        tree = bake(use_celery=celery).project_path
-        assert release_rules.check_ini((tree / "uwsgi.ini").read_text())
+@pytest.mark.parametrize(("celery", "beat"), [("y", "n"), ("n", "n"), ("y", "y")])
+def test_the_tree_s_own_uwsgi_ini_is_accepted(bake, celery, beat):
+    tree = bake(use_celery=celery, celery_beat=beat).project_path
+    options = release_rules.check_ini((tree / "uwsgi.ini").read_text())
+    daemons = [value for name, value in options if name == "attach-daemon2"]
+    beats = [value for value in daemons if " beat " in value]
+    assert len(daemons) == (celery == "y") + (beat == "y")
+    assert len(beats) == (beat == "y")
+    if beats:  # one beat, tracked by the pidfile uWSGI writes, schedule kept in shared/
+        assert beats[0].startswith("pidfile=/run/shop/uwsgi/beat.pid,daemonize=1,notifypid=1,")
+        assert "touch=/run/shop/deploy," in beats[0]
+        assert "--schedule=/srv/shop/shared/var/celerybeat-schedule" in beats[0]
+
+
+BEAT = "pidfile=/run/x/b.pid,touch=/run/x/deploy,cmd=exec /v/bin/celery -A app beat"
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        # celery writes the pidfile: uWSGI starts the next beat as soon as celery removes
+        # it, while the old process is still exiting.
+        (f"attach-daemon2 = {BEAT} --pidfile=/run/x/b.pid\n", "needs pidfile=PATH and daemon"),
+        (f"attach-daemon2 = daemonize=0,{BEAT}\n", "needs pidfile=PATH and daemonize=1"),
+        ("attach-daemon2 = daemonize=1,cmd=exec celery -A app beat\n", "needs pidfile"),
+        (f"attach-daemon2 = daemonize=1,{BEAT}\n" * 2, "2 lines run celery beat"),
+        (
+            f"attach-daemon2 = daemonize=1,{BEAT}\n"
+            "attach-daemon2 = cmd=exec celery -A app worker -B\n",
+            "2 lines run celery beat",
+        ),
+    ],
+)
+def test_an_ini_that_could_run_two_beats_is_refused(body, named):
+    message = refusal(body)
+    assert message.startswith("uwsgi.ini: ") and named in message
+
+
+def test_one_beat_tracked_by_its_pidfile_is_accepted():
+    body = f"attach-daemon2 = daemonize=1,{BEAT} --schedule=/s/x,y\n"
+    assert release_rules.check_ini("[uwsgi]\nmodule = app.wsgi\n" + body)
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,40 @@ def test_status_says_whether_the_celery_worker_runs(bake, roles, trigger_age, ex
     assert run_in_tree(bake().project_path, code).startswith(expected)
 
 
+@pytest.mark.parametrize(
+    ("commands", "trigger_age", "expected"),
+    [
+        (["celery -A app beat --pidfile=/run/shop/uwsgi/beat.pid"], None, "running, pid 20 True"),
+        # The deploy's restart: the old beat has saved its schedule and exited.
+        ([], 5, "restarting (asked 5 s ago by a deploy or restart) True"),
+        ([], None, "NOT RUNNING; see `invoke logs` False"),
+        (["celery -A app beat", "celery -A app beat"], None, "2 RUNNING (pids 20 21): schedul"),
+    ],
+)
+def test_status_lists_the_beat_as_its_own_process_never_as_the_worker(
+    bake, commands, trigger_age, expected
+):
+    venv = "/srv/shop/releases/r1/.venv/bin/python3 /srv/shop/current/.venv/bin/"
+    ps = ["S 1 0 50 9000 /usr/bin/uwsgi-core --ini /etc/eep/shop/uwsgi.ini"]
+    ps += ["S 2 1 50 9000 /usr/bin/uwsgi-core --ini /etc/eep/shop/uwsgi.ini"]
+    ps += [f"S {20 + i} 1 5 9000 {venv}{command}" for i, command in enumerate(commands)]
+    listing = "\n".join(ps)
+    code = f"""
+from types import SimpleNamespace as NS
+from eep.control import _processes, beat_state, celery_state
+answers = iter(["1", {listing!r}])
+session = NS(remote=NS(run=lambda *a, **k: NS(stdout=next(answers))))
+processes = _processes(session)
+print(*beat_state(processes, {trigger_age!r}))
+print(*[role for role, *_ in processes], sep=",")
+print(celery_state(processes, None)[1])
+"""
+    beat, roles, worker_ok = run_in_tree(bake(celery_beat="y").project_path, code).splitlines()
+    assert beat.startswith(expected)
+    assert roles == ",".join(["uwsgi master", "uwsgi worker"] + ["celery beat"] * len(commands))
+    assert worker_ok == "False"  # a beat is no Celery worker
+
+
 def test_the_sudo_rules_are_read_from_config_sudoers(bake):
     tree = bake().project_path
     out = run_in_tree(

@@ -16,12 +16,15 @@ WSGI_MODULE = {{ cookiecutter.wsgi_module | tojson }}
 PYTHON_VERSION = {{ cookiecutter.python_version | tojson }}
 USE_CELERY = {{ "True" if cookiecutter.use_celery == "y" else "False" }}
 CELERY_APP = {{ cookiecutter.celery_app | tojson }}
+# Celery beat attached too (uwsgi.ini): one instance, its schedule in shared/var.
+USE_BEAT = {{ "True" if cookiecutter.celery_beat == "y" else "False" }}
 KEEP_RELEASES = {{ cookiecutter.keep_releases | int }}
 
 APP_ROOT = {{ cookiecutter.__app_root | tojson }}
 RELEASES_DIR = f"{APP_ROOT}/releases"
 CURRENT = f"{APP_ROOT}/current"
 SHARED_DIR = f"{APP_ROOT}/shared"
+SETTINGS_FILE = f"{SHARED_DIR}/env"
 RUN_DIR = {{ cookiecutter.__run_dir | tojson }}
 LOG_DIR = {{ cookiecutter.__log_dir | tojson }}
 CONF_DIR = {{ cookiecutter.__conf_dir | tojson }}

@@ -20,7 +20,7 @@ from eep import app
 from eep.accounts import group_members
 from eep.claims import TOP_DIRS, adoption_problems, membership_problems, read_facts
 from eep.files import file_difference
-from eep.layout import DIRECTORIES, RUN_DIRECTORIES
+from eep.layout import APP_FILES, DIRECTORIES, RUN_DIRECTORIES
 from eep.manifest import HOST_FILES, RETIRED_FILES, host_file
 from eep.nginx import ENABLED
 from eep.pathstate import PathState
@@ -132,6 +132,10 @@ class Audit:
             have = self.remote.stat(path)
             if have != want:
                 problems.append(f"{path} is {have or 'missing'}")
+        for path, want in APP_FILES.items():
+            have = self.remote.stat(path)
+            if have and have != want:
+                problems.append(f"{path} is {have}, not {want}")
         for path in TOP_DIRS:
             have = self.remote.stat(path)
             if have and have.open_to(0o007):

@@ -15,6 +15,7 @@ import sys
 import time
 
 from eep import app
+from eep.host.celery import subcommand
 from eep.remote import HostError, Remote, Target, known_hosts_path
 from eep.report import say
 from eep.serving import CTL, UWSGI_LOG, activate_release, await_celery, program_state, serve
@@ -57,6 +58,8 @@ def _processes(session: Session) -> list[Process]:
             continue  # exited, not yet reaped by its parent
         if pid == master:
             role = "uwsgi master"
+        elif subcommand(command.split()) == "beat":
+            role = "celery beat"  # attached like the worker; adopted if uWSGI restarted
         elif ppid == master and "uwsgi" in command.split()[0]:
             role = "uwsgi worker"
         elif ppid == master:
@@ -84,6 +87,20 @@ def celery_state(processes: list[Process], trigger_age: float | None) -> tuple[s
     return "NOT RUNNING; see `invoke logs --process celery`", False
 
 
+def beat_state(processes: list[Process], trigger_age: float | None) -> tuple[str, bool]:
+    """What `status` says about Celery beat, and whether that is healthy: exactly one
+    runs (two would queue every scheduled job twice), or it is restarting after a
+    deploy or restart touched the trigger `trigger_age` seconds ago."""
+    pids = [row[1] for row in processes if row[0] == "celery beat"]
+    if len(pids) == 1:
+        return f"running, pid {pids[0]}", True
+    if pids:
+        return f"{len(pids)} RUNNING (pids {' '.join(pids)}): scheduled jobs run twice", False
+    if trigger_age is not None and 0 <= trigger_age < CELERY_RESTART_GRACE:
+        return f"restarting (asked {trigger_age:.0f} s ago by a deploy or restart)", True
+    return "NOT RUNNING; see `invoke logs`", False
+
+
 def status(spec: str, *, identity: str = "") -> bool:
     """Print one table of the app's state; return False when something is down."""
     with Session(spec, identity) as session:
@@ -109,6 +126,10 @@ def status(spec: str, *, identity: str = "") -> bool:
         celery, celery_ok = celery_state(processes, trigger_age)
         say(f"celery    {celery}")
         healthy = healthy and celery_ok
+    if app.USE_BEAT:
+        beat, beat_ok = beat_state(processes, trigger_age)
+        say(f"beat      {beat}")
+        healthy = healthy and beat_ok
     say("status: " + ("up" if healthy else "DOWN"))
     return healthy
 

@@ -35,6 +35,12 @@ DIRECTORIES: dict[str, PathState] = {
 if app.USE_CELERY:
     DIRECTORIES[f"{app.SHARED_DIR}/redis"] = directory(RUNTIME, RUNTIME, 0o700)
 
+# Files the app user makes itself (root never writes in shared/): checked when present.
+APP_FILES: dict[str, PathState] = {
+    # The settings (`invoke env`, written through as-app): secrets, the app's alone.
+    app.SETTINGS_FILE: regular_file(RUNTIME, RUNTIME, 0o600),
+}
+
 # What systemd-tmpfiles makes under /run (config/tmpfiles.conf), checked after boot too.
 RUN_DIRECTORIES: dict[str, PathState] = {
     app.RUN_DIR: directory("root", RUNTIME, 0o750),

@@ -138,6 +138,48 @@ def _check_value(name: str, value: str) -> None:
         raise IniError(f"env must be NAME=value, not {value!r}")
 
 
+def _daemon2_fields(value: str) -> dict[str, str]:
+    """key -> value of an attach-daemon2 line (a comma inside the command stays in it)."""
+    fields: dict[str, str] = {}
+    key = ""
+    for pair in value.split(","):
+        name, sep, rest = pair.partition("=")
+        if sep and name.strip() in DAEMON_KEYS:
+            key = name.strip()
+            fields[key] = rest.strip()
+        elif key:
+            fields[key] += "," + pair
+    return fields
+
+
+def _runs_beat(words: list[str]) -> bool:
+    """A celery beat, or a worker with an embedded one (-B)."""
+    return "beat" in words or ("worker" in words and ("-B" in words or "--beat" in words))
+
+
+def _check_beats(options: list[tuple[str, str]]) -> None:
+    """Celery beat queues each scheduled job: two beats run every job twice. uWSGI starts
+    a second one unless it writes the beat's pidfile itself (daemonize) and so starts
+    one only while the pid there is not alive."""
+    beats = 0
+    for name, value in options:
+        if "attach-daemon" not in name:
+            continue
+        fields = _daemon2_fields(value) if name.endswith("daemon2") else {"cmd": value}
+        words = (fields.get("cmd") or fields.get("exec") or "").split()
+        if not _runs_beat(words):
+            continue
+        beats += 1
+        tracked = fields.get("pidfile") and fields.get("daemonize", "0") not in ("", "0")
+        if name == "attach-daemon2" and "beat" in words and not tracked:
+            raise IniError(
+                "attach-daemon2 running celery beat needs pidfile=PATH and daemonize=1"
+                " (else uWSGI may start a second beat beside one that runs)"
+            )
+    if beats > 1:
+        raise IniError(f"{beats} lines run celery beat: at most one (two run every job twice)")
+
+
 def check_ini(text: str) -> list[tuple[str, str]]:
     """The (option, value) pairs of a release's uwsgi.ini; IniError on anything refused."""
     options = []
@@ -164,6 +206,7 @@ def check_ini(text: str) -> list[tuple[str, str]]:
         options.append((name, value))
     if section is None:
         raise IniError("no [uwsgi] section")
+    _check_beats(options)
     return options
 
 

@@ -1,5 +1,5 @@
-"""Runs on the host as the deploy account: the Celery workers the app's uWSGI master runs,
-and whether each started after the restart trigger was last touched.
+"""Runs on the host as the deploy account: the Celery workers the app's uWSGI master runs
+(not its beat), and whether each started after the restart trigger was last touched.
 
 Request on stdin (JSON): {"master_pidfile": path, "trigger": path}. Answer (JSON):
 [[pid, seconds from the trigger's touch to the worker's start (negative: started
@@ -20,6 +20,29 @@ def started_ago(pid: str, uptime: float, ticks: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()
     return uptime - int(fields[19]) / ticks
+
+
+# Celery's options before its subcommand that take a value (`-A app.worker` is no worker).
+VALUE_OPTIONS = {"-A", "--app", "-b", "--broker", "--result-backend", "--loader", "--config"}
+VALUE_OPTIONS |= {"--workdir"}
+
+
+def subcommand(args: list[str]) -> str:
+    """'worker', 'beat', ... of a celery command line ('' when it is not celery):
+    the first word after the celery program that is neither an option nor its value.
+    The beat is attached like the worker; the two must never be mistaken."""
+    for at, word in enumerate(args):
+        if word.rsplit("/", 1)[-1] == "celery":
+            break
+    else:
+        return ""
+    rest = iter(args[at + 1 :])
+    for word in rest:
+        if word in VALUE_OPTIONS:
+            next(rest, None)
+        elif not word.startswith("-"):
+            return word
+    return ""
 
 
 def parents() -> dict[str, str]:
@@ -50,11 +73,11 @@ def workers(master_pidfile: str, trigger: str) -> list[list[float]]:
             continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                command = handle.read().split(b"\0")
+                command = handle.read().decode(errors="replace").split("\0")
             ago = started_ago(pid, uptime, ticks)
         except OSError:
             continue
-        if any(b"celery" in part for part in command) and b"worker" in command:
+        if subcommand(command) == "worker":
             kids = sum(1 for p in tree.values() if p == pid)
             found.append([int(pid), round(touched_ago - ago, 3), kids])
     return found
