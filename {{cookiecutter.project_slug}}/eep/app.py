@@ -17,6 +17,8 @@ PYTHON_VERSION = {{ cookiecutter.python_version | tojson }}
 USE_CELERY = {{ "True" if cookiecutter.use_celery == "y" else "False" }}
 CELERY_APP = {{ cookiecutter.celery_app | tojson }}
 KEEP_RELEASES = {{ cookiecutter.keep_releases | int }}
+# "none", or "postgresql": a role and a database named SLUG (eep/database.py).
+DATABASE = {{ cookiecutter.database | tojson }}
 
 APP_ROOT = {{ cookiecutter.__app_root | tojson }}
 RELEASES_DIR = f"{APP_ROOT}/releases"

@@ -33,6 +33,9 @@ DIRECTORIES: dict[str, PathState] = {
 }
 if app.USE_CELERY:
     DIRECTORIES[f"{app.SHARED_DIR}/redis"] = directory(RUNTIME, RUNTIME, 0o700)
+if app.DATABASE == "postgresql":
+    # Dumps of the app's database: the app's own data, so the app's and no one else's.
+    DIRECTORIES[f"{app.SHARED_DIR}/backups"] = directory(RUNTIME, RUNTIME, 0o700)
 
 # What systemd-tmpfiles makes under /run (config/tmpfiles.conf), checked after boot too.
 RUN_DIRECTORIES: dict[str, PathState] = {
