@@ -66,6 +66,7 @@ def test_validate_skips_celery_app_without_celery(ssh_keys):
         uwsgi_harakiri="30",
         uwsgi_max_requests="0",
         uwsgi_listen="100",
+        database="none",
     )
     assert pre.validate(answers) == []
     assert pre.validate({**answers, "use_celery": "y"}) == [

@@ -131,6 +131,8 @@ def shadows(rule: dict) -> bool:
     rule only when it may shut out one the block admits (local, to the database, as the
     role or as postgres): rejecting more than the block does is harmless.
     """
+    if rule["database"] == ["replication"]:  # streaming replication, never a database
+        return False
     to_database, as_role = _may_name(rule["database"], NAME), _may_name(rule["user"], NAME)
     if rule["method"] != "reject":
         return to_database or as_role
