@@ -35,11 +35,13 @@ def parsed(text: str) -> list[dict]:
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#")[0].split()
         if 0 < len(fields) < 4:
-            rules.append({"line": number, "error": "end-of-line before role specification"})
+            error = "end-of-line before role specification"
+            rules.append({"line": number, "file": None, "order": None, "error": error})
         elif fields:
             names = [[n.strip('"') for n in f.split(",")] for f in fields[1:3]]
             rule = {"type": fields[0], "database": names[0], "user": names[1]}
-            rules.append({"line": number, **rule, "method": fields[-1], "error": None})
+            rule.update(method=fields[-1], error=None, file=None, order=None)
+            rules.append({"line": number, **rule})
     return rules
 
 
@@ -169,9 +171,26 @@ def test_the_block_moves_above_a_rule_that_would_decide_for_it(call, rule, moved
         f"/etc/postgresql/15/main/pg_hba.conf line 1 ({rule.replace('0.0.0.0/0 ', '')})"
         " comes before eep's block and matches shop"
     ]
-    assert why.startswith("eep's block moved above line 1 (")
+    assert why.startswith("eep's block moved above /etc/postgresql/15/main/pg_hba.conf line 1 (")
     assert new.startswith(call("hba_block") + f"{rule}\n")
     assert call("hba_problems", facts(new)) == []
+
+
+def test_with_postgresql_16_rules_of_included_files_count_where_they_are_included(call):
+    # PostgreSQL 16 numbers rules in the order it tries them (rule_number), across files.
+    _, text = call("hba_change", facts(DEBIAN_HBA))
+    found = facts(text)
+    for number, rule in enumerate(found["rules"], 2):
+        rule["order"] = number
+    included = {**found["rules"][-1], "line": 1, "file": "/etc/postgresql/extra.conf"}
+    found["rules"].append({**included, "database": ["all"], "order": 1})
+    problems = call("hba_problems", found)
+    assert problems == [
+        "/etc/postgresql/extra.conf line 1 (host all all scram-sha-256) comes before eep's"
+        " block and matches shop"
+    ]
+    found["rules"][-1]["order"] = 99
+    assert call("hba_problems", found) == []
 
 
 def test_another_apps_block_above_is_left_alone_and_ours_goes_above_it(call):

@@ -69,8 +69,9 @@ SELECT json_build_object(
   'hba_file', current_setting('hba_file'),
   'hba', pg_read_file(current_setting('hba_file')),
   'rules', (SELECT json_agg(json_build_object('line', line_number, 'type', type,
-              'database', database, 'user', user_name, 'method', auth_method, 'error', error)
-            ORDER BY line_number) FROM pg_hba_file_rules),
+              'database', database, 'user', user_name, 'method', auth_method, 'error', error,
+              'file', to_jsonb(r)->>'file_name', 'order', to_jsonb(r)->'rule_number')
+            ORDER BY line_number) FROM pg_hba_file_rules r),
   'role', (SELECT json_build_object({", ".join(f"'{c}', {c}" for c, _, _ in ATTRIBUTES)},
               'password', rolpassword IS NOT NULL,
               'mark', shobj_description(oid, 'pg_authid'),
@@ -160,8 +161,21 @@ def find_block(lines: list[str], path: str) -> tuple[int, int] | None:
 
 
 def shadowing_rules(facts: dict, start: int) -> list[dict]:
-    """Rules above line index `start` of the file that the block must come before."""
-    return [r for r in facts["rules"] or [] if r["line"] <= start and shadows(r)]
+    """The rules PostgreSQL tries before the block's (at line index `start` of the file)
+    that the block must come before."""
+    rules = [r for r in facts["rules"] or [] if not r["error"]]
+    in_file = [r for r in rules if r["file"] in (None, facts["hba_file"])]
+    ours = min((r for r in in_file if r["line"] > start), key=lambda r: r["line"], default=None)
+    if ours and ours["order"] is not None:
+        # PostgreSQL 16 and later number the rules in order, those of included files too.
+        above = [r for r in rules if r["order"] < ours["order"]]
+    else:
+        above = [r for r in in_file if r["line"] <= start]
+    return [r for r in above if shadows(r)]
+
+
+def where(rule: dict, path: str) -> str:
+    return f"{rule['file'] or path} line {rule['line']}"
 
 
 def hba_change(facts: dict) -> tuple[str, str]:
@@ -183,7 +197,7 @@ def hba_change(facts: dict) -> tuple[str, str]:
         del lines[start:end]
         if not above:
             return "eep's block differs", "".join(lines[:start]) + block + "".join(lines[start:])
-        why = f"eep's block moved above line {above[0]['line']} ({describe(above[0])})"
+        why = f"eep's block moved above {where(above[0], path)} ({describe(above[0])})"
     else:
         why = "eep's block added"
     at = next(
@@ -206,7 +220,7 @@ def _is_rule(line: str) -> bool:
 def hba_errors(facts: dict) -> list[str]:
     """The lines PostgreSQL cannot parse: it loads no pg_hba.conf that has one."""
     rules = facts["rules"] or []
-    return [f"{facts['hba_file']} line {r['line']}: {r['error']}" for r in rules if r["error"]]
+    return [f"{where(r, facts['hba_file'])}: {r['error']}" for r in rules if r["error"]]
 
 
 def hba_problems(facts: dict) -> list[str]:
@@ -223,7 +237,7 @@ def hba_problems(facts: dict) -> list[str]:
     if "".join(lines[start:end]) != hba_block():
         problems.append(f"eep's block for {NAME} in {path} differs from the tree")
     problems += [
-        f"{path} line {r['line']} ({describe(r)}) comes before eep's block and matches {NAME}"
+        f"{where(r, path)} ({describe(r)}) comes before eep's block and matches {NAME}"
         for r in shadowing_rules(facts, start)
     ]
     return problems
@@ -314,9 +328,9 @@ def ensure_database(remote: Remote, report: Report) -> None:
     if not ENABLED:
         return
     steps = [f"postgresql role {NAME}", f"postgresql database {NAME}", "pg_hba.conf"]
-    if report.check and "postgresql" in missing_packages(remote):
+    if report.check and not _running(remote):
         for step in steps:
-            report.change(step, "created once PostgreSQL is installed")
+            report.change(step, "not read: PostgreSQL is not running yet")
         return
     facts = read_facts(remote)
     problems = claim_problems(facts)
@@ -344,6 +358,12 @@ def ensure_database(remote: Remote, report: Report) -> None:
             sql += statements
     if sql:
         remote.run(f"{PSQL} -f -", stdin=sql.encode())
+
+
+def _running(remote: Remote) -> bool:
+    """Whether PostgreSQL is installed and running (check mode neither installs nor starts it)."""
+    active = remote.run(service_state("postgresql")[1], check=False, changes=False).stdout
+    return "postgresql" not in missing_packages(remote) and active.strip() == "active"
 
 
 def write_hba(remote: Remote, path: str, old: str, new: str) -> None:
