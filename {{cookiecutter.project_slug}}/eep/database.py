@@ -327,9 +327,9 @@ def ensure_database(remote: Remote, report: Report) -> None:
     """The role, the database and the pg_hba.conf block, decided from one read."""
     if not ENABLED:
         return
-    steps = [f"postgresql role {NAME}", f"postgresql database {NAME}", "pg_hba.conf"]
+    role_step, database_step = f"postgresql role {NAME}", f"postgresql database {NAME}"
     if report.check and not _running(remote):
-        for step in steps:
+        for step in (role_step, database_step, "pg_hba.conf"):
             report.change(step, "not read: PostgreSQL is not running yet")
         return
     facts = read_facts(remote)
@@ -351,7 +351,10 @@ def ensure_database(remote: Remote, report: Report) -> None:
     ):
         write_hba(remote, path, old_hba, new_hba)
     sql = ""
-    for step, why, statements in zip(steps, (role_why, database_why), (role_sql, database_sql)):
+    for step, why, statements in (
+        (role_step, role_why, role_sql),
+        (database_step, database_why, database_sql),
+    ):
         if not why:
             report.unchanged(step)
         elif report.change(step, why):
