@@ -346,7 +346,9 @@ def backup(c, label="", download="", host="", identity=""):
     """Back up the app's database now (pg_dump, custom format) into shared/backups on the host."""
     from eep.backups import backup as run
 
-    _on_one_host(c, host, lambda spec: run(spec, identity=identity, label=label, download=download) and 0)
+    _on_one_host(
+        c, host, lambda spec: run(spec, identity=identity, label=label, download=download) and 0
+    )
 
 
 @task(help=DEPLOY_HELP)
@@ -372,14 +374,18 @@ def restore(c, name, yes=False, host="", identity=""):
 
 
 @task(
-    help={"name": "the backup, as `invoke backups` lists it", "to": "file or directory here", **DEPLOY_HELP}
+    help={
+        "name": "the backup, as `invoke backups` lists it",
+        "to": "file or directory here",
+        **DEPLOY_HELP,
+    }
 )
 def download(c, name, to=".", host="", identity=""):
     """Copy a database backup from the host to this machine (a new file, mode 0600)."""
     from eep.backups import download as run
 
     _on_one_host(c, host, lambda spec: run(spec, name, to, identity=identity) or 0)
-{%- endif %}
+{% endif %}
 
 ns = Collection(
     provision,

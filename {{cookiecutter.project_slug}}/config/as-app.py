@@ -38,9 +38,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
-import shutil
 import tempfile
 import time
 import tomllib
@@ -298,7 +298,11 @@ def backup(request: dict) -> dict:
     # Written under a name `backups` does not list, renamed once pg_dump succeeded.
     dump = ["pg_dump", "--format=custom", f"--file={part}"]
     proc = subprocess.run(
-        dump, env=database_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        dump,
+        env=database_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
         check=False,
     )
     if proc.returncode != 0:
@@ -326,7 +330,11 @@ def restore(request: dict) -> dict:
     argv = ["pg_restore", "--clean", "--if-exists", "--single-transaction", "--no-owner"]
     argv += [f"--dbname={eep_env.base_env().get('PGDATABASE', '')}", str(path)]
     proc = subprocess.run(
-        argv, env=database_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        argv,
+        env=database_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
         check=False,
     )
     if proc.returncode != 0:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import paramiko
 
-from eep import app
+from eep import app, database
 from eep.accounts import group_members
 from eep.claims import TOP_DIRS, adoption_problems, membership_problems, read_facts
 from eep.files import file_difference
@@ -228,6 +228,14 @@ class Audit:
         problem = [] if ok else [f"{name} {offered.fingerprint} is not in the tree's known_hosts"]
         self.record("host key pinned in the tree", problem, offered.fingerprint)
 
+    def postgresql(self) -> None:
+        """database=postgresql: only the app reaches its database, and without a password."""
+        name = f"only {app.RUNTIME_USER} reaches PostgreSQL database {database.NAME}, no password"
+        if not self.as_root:  # psql runs as postgres
+            self.record(name, [], "not checked (needs root)")
+            return
+        self.record(name, database.audit_problems(self.remote))
+
     def run_all(self) -> list[Check]:
         self.processes()
         self.socket()
@@ -239,6 +247,8 @@ class Audit:
         self.ownership()
         self.services()
         self.host_key()
+        if database.ENABLED:
+            self.postgresql()
         return self.checks
 
 

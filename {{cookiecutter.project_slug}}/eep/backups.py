@@ -94,8 +94,10 @@ def restore(spec: str, name: str, *, identity: str = "", yes: bool = False) -> N
 
 
 def _size(size: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    amount, unit = float(size), "B"
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return ""
+        if amount < 1024 or unit == "GiB":
+            break
+        amount /= 1024
+    return f"{size} B" if unit == "B" else f"{amount:.1f} {unit}"

@@ -34,6 +34,9 @@ DIRECTORIES: dict[str, PathState] = {
 }
 if app.USE_CELERY:
     DIRECTORIES[f"{app.SHARED_DIR}/redis"] = directory(RUNTIME, RUNTIME, 0o700)
+if app.DATABASE == "postgresql":
+    # Dumps of the app's database: the app's own data, so the app's and no one else's.
+    DIRECTORIES[f"{app.SHARED_DIR}/backups"] = directory(RUNTIME, RUNTIME, 0o700)
 
 # Files the app user makes itself (root never writes in shared/): checked when present.
 APP_FILES: dict[str, PathState] = {
