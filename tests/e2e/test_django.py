@@ -76,7 +76,7 @@ def http(host, path: str, *curl: str) -> tuple[str, str]:
     args = " ".join(shlex.quote(a) for a in curl)
     out = host.run(f"curl -s -w '\\n%{{http_code}}' -H 'Host: {SITE}' {args} {url}").stdout
     body, _, status = out.rpartition("\n")
-    return status, body
+    return status, body.removesuffix("\n")
 
 
 def status_line(host) -> str:
@@ -203,9 +203,9 @@ def test_restore_asks_first_then_brings_the_data_back(tree, host, tmp_path):
 def test_nobody_else_reaches_the_database_backups_or_settings(tree, host):
     for user in (f"{SLUG}-deploy", "nobody", "www-data"):
         assert psql(host, user, "select 1").returncode != 0, user
-        for path in (f"/srv/{SLUG}/shared/backups", f"/srv/{SLUG}/shared/env"):
-            denied = host.run(f"runuser -u {user} -- ls {path}", check=False)
-            assert denied.returncode != 0, (user, path)
+        for command in (f"ls /srv/{SLUG}/shared/backups", f"cat /srv/{SLUG}/shared/env"):
+            denied = host.run(f"runuser -u {user} -- {command}", check=False)
+            assert denied.returncode != 0, (user, command)
     assert psql(host, SLUG, "select 1").stdout.strip() == "1"
     places = f"/srv/{SLUG} /etc /var/log /home /root /tmp /run"
     found = host.run(f"grep -rlsF {SECRET_KEY} {places} || true").stdout.split()

@@ -64,7 +64,7 @@ def _build(
     config = session.agent("config", release_id)
     if config["build"]:
         with session.step("build", running=" && ".join(config["build"])[:60]) as details:
-            details.append(f"{len(config['build'])} step(s) as {app.DEPLOY_USER}")
+            details.append(f"as {app.DEPLOY_USER}: " + "; ".join(config["build"]))
             session.agent("build", release_id)
     request = {"release": release_id}
     with session.step("checks") as details:
@@ -75,7 +75,8 @@ def _build(
         taken = backups.take(session, f"before-{release_id}") if app.DATABASE != "none" else ""
         try:
             with session.step("steps", running=" && ".join(config["pre_activate"])[:60]) as details:
-                details += session.as_app("steps", request)["steps"]
+                ran = session.as_app("steps", request)["steps"]
+                details.append(f"as {app.RUNTIME_USER}: " + "; ".join(ran))
         except HostError as error:
             if not taken:
                 raise
