@@ -258,6 +258,21 @@ def logs(c, host="", identity="", follow=False, process="", lines=50):
 
 
 @task(
+    help={
+        "state": "on: visitors get 503 and config/maintenance.html; off: the app answers again",
+        **DEPLOY_HELP,
+    }
+)
+def maintenance(c, state, host="", identity=""):
+    """Maintenance mode on or off: nginx answers visitors 503; deploys and checks still work."""
+    from eep.maintenance import maintenance as run
+
+    if state not in ("on", "off"):
+        raise Exit(f"error: maintenance takes on or off, not {state!r}", code=1)
+    _on_hosts(c, host, lambda spec: run(spec, state == "on", identity=identity))
+
+
+@task(
     name="list",
     default=True,
     help={
@@ -408,4 +423,5 @@ ns = Collection(
     restore,
     download,
 {%- endif %}
+    maintenance,
 )

@@ -20,7 +20,13 @@ from eep import app, database
 from eep.accounts import group_members
 from eep.claims import TOP_DIRS, adoption_problems, membership_problems, read_facts
 from eep.files import file_difference
-from eep.layout import APP_FILES, DIRECTORIES, RUN_DIRECTORIES
+from eep.layout import (
+    APP_FILES,
+    DIRECTORIES,
+    MAINTENANCE_FLAG,
+    MAINTENANCE_FLAG_STATE,
+    RUN_DIRECTORIES,
+)
 from eep.manifest import HOST_FILES, RETIRED_FILES, host_file
 from eep.nginx import ENABLED
 from eep.pathstate import PathState
@@ -144,6 +150,9 @@ class Audit:
             f"find {app.APP_ROOT} ! -type l -perm /o=w -print 2>/dev/null | head -3"
         ).split()
         problems += [f"{p} is writable by others" for p in opened]
+        flag = self.remote.stat(MAINTENANCE_FLAG)  # present only in maintenance mode
+        if flag is not None and flag != MAINTENANCE_FLAG_STATE:
+            problems.append(f"{MAINTENANCE_FLAG} is {flag}, not {MAINTENANCE_FLAG_STATE}")
         self.record("directories as provisioned, nothing for others", problems)
 
     def no_setuid(self) -> None:

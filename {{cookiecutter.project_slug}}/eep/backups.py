@@ -14,6 +14,7 @@ from pathlib import Path
 
 from eep import app
 from eep.control import start_app, stop_app
+from eep.maintenance import set_maintenance
 from eep.remote import HostError
 from eep.report import say
 from eep.session import AS_APP, Session
@@ -76,7 +77,8 @@ def fetch(session: Session, name: str, path: Path) -> None:
 def restore(spec: str, name: str, *, identity: str = "", yes: bool = False) -> None:
     plan = (
         f"restore {name} into the database {app.SLUG}: what it holds now is replaced."
-        f" The app is stopped meanwhile (running tasks finish first), then started again."
+        " Visitors get the maintenance page and the app is stopped meanwhile (running"
+        " tasks finish first), then it starts again."
     )
     if not yes:
         raise HostError(f"{plan} Add --yes to do it.")
@@ -84,12 +86,17 @@ def restore(spec: str, name: str, *, identity: str = "", yes: bool = False) -> N
     with Session(spec, identity) as session, session.locked():
         session.as_app("backups")  # fails early on a host without the database
         session.say("restore", plan)
-        stop_app(session)
+        entered = set_maintenance(session, True)
         try:
-            with session.step("restore", name):
-                session.as_app("restore", {"name": name})
+            stop_app(session)
+            try:
+                with session.step("restore", name):
+                    session.as_app("restore", {"name": name})
+            finally:
+                start_app(session)  # the database as before when the restore failed
         finally:
-            start_app(session)  # the database as before when the restore failed
+            if entered:  # maintenance that was on before stays on
+                set_maintenance(session, False)
         session.summary(f"restored {name}", started)
 
 

@@ -16,6 +16,7 @@ import time
 
 from eep import app
 from eep.host.celery import subcommand
+from eep.maintenance import maintenance_state
 from eep.remote import HostError, Remote, Target, known_hosts_path
 from eep.report import say
 from eep.serving import CTL, UWSGI_LOG, activate_release, await_celery, program_state, serve
@@ -113,6 +114,7 @@ def status(spec: str, *, identity: str = "") -> bool:
             f"date +%s; stat -c %Y {app.DEPLOY_TRIGGER}", check=False
         ).stdout.split()
         trigger_age = int(ages[0]) - int(ages[1]) if len(ages) == 2 else None
+        maintenance = maintenance_state(session)
     for program, state in states.items():
         say(f"program   {program:<24} {state}")
     for role, pid, uptime, memory, command in processes:
@@ -121,6 +123,8 @@ def status(spec: str, *, identity: str = "") -> bool:
     say(f"release   {release}")
     say(f"socket    {app.SOCKET} {socket.strip() or 'MISSING'}")
     say(f"nginx     GET /health on {app.DOMAINS[0]} -> {answer or 'no answer'}")
+    if maintenance:
+        say(f"maintenance {maintenance}: visitors get 503 (`invoke maintenance off` ends it)")
     healthy = all(s == "RUNNING" for s in states.values()) and 0 < answer < 500
     if app.USE_CELERY:
         celery, celery_ok = celery_state(processes, trigger_age)
