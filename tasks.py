@@ -47,6 +47,10 @@ def lint(c):
             f"{PY} -m mypy --ignore-missing-imports eep tasks.py"
             " config/reload.py config/as-app.py config/eep_env.py"
         )
+    # The same code with database=postgresql (its steps and checks run only then).
+    baked = bake(c, slug="lintpg", database="postgresql")
+    with c.cd(str(baked)):
+        c.run(f"{PY} -m mypy --ignore-missing-imports eep tasks.py config/as-app.py")
 
 
 @task
@@ -84,14 +88,14 @@ def _demo_key() -> str:
     return key.with_suffix(".pub").read_text().strip()
 
 
-@task(help={"slug": "project_slug to bake with"})
-def bake(c, slug="demo"):
+@task(help={"slug": "project_slug to bake with", "database": "none or postgresql"})
+def bake(c, slug="demo", database="none"):
     """Bake the template with default answers into build/demo/<slug> (a demo SSH key included)."""
     out = BUILD / "demo"
     c.run(f"rm -rf {out / slug}")
     c.run(
         f"{PY} -m cookiecutter {REPO} --no-input -o {out} project_name={slug} "
-        f"project_slug={slug} domain={slug}.test 'deploy_ssh_key={_demo_key()}'"
+        f"project_slug={slug} domain={slug}.test 'deploy_ssh_key={_demo_key()}' database={database}"
     )
     return out / slug
 

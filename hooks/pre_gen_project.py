@@ -56,10 +56,18 @@ SYSTEM_DIRS += ("/etc", "/usr", "/bin", "/sbin", "/lib", "/boot", "/root", "/hom
 SYSTEM_DIRS += ("/var", "/lib32", "/lib64", "/libx32", "/media", "/mnt", "/snap")
 # Known-safe places under those: nginx's own (Debian's /var/www).
 SAFE_DIRS = ("/var/www",)
-CHOICES = {"python_version": ("3.11", "3.12", "3.13"), "use_celery": ("y", "n")}
-CHOICES["celery_beat"] = ("n", "y")
+CHOICES = {
+    "python_version": ("3.11", "3.12", "3.13"),
+    "use_celery": ("y", "n"),
+    "celery_beat": ("n", "y"),
+    "database": ("none", "postgresql"),
+}
+# With database=postgresql the slug also names a PostgreSQL role and database: PostgreSQL
+# refuses a role called so (public, none, pg_*), or the database already exists.
+POSTGRESQL_RESERVED = frozenset({"public", "none", "template0", "template1"})
 RANGES = {
     "keep_releases": (2, 50),
+    "keep_backups": (1, 1000),
     "uwsgi_processes": (1, 64),
     "uwsgi_threads": (1, 64),
     "uwsgi_harakiri": (1, 3600),
@@ -109,6 +117,11 @@ def check_project_slug(value: str) -> None:
     for suffix, what in DERIVED_SUFFIXES.items():
         if value.endswith(suffix):
             raise Refused(f"must not end in {suffix!r} (that suffix names an app's {what})")
+
+
+def check_postgresql_name(value: str) -> None:
+    if value in POSTGRESQL_RESERVED or value.startswith("pg_"):
+        raise Refused(f"{value!r} is reserved by PostgreSQL (database=postgresql); pick another")
 
 
 def domain_names(value: str) -> list[str]:
@@ -237,6 +250,8 @@ def validate(answers: dict[str, object]) -> list[str]:
             if not isinstance(value, str):
                 raise Refused("must be text")
             check(value)
+            if field == "project_slug" and answers.get("database") == "postgresql":
+                check_postgresql_name(value)
         except Refused as problem:
             errors.append(f"{field}: {problem}")
     errors += check_beat_needs_celery(answers)

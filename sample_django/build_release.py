@@ -78,7 +78,11 @@ def build(
     if migration is not None and not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", migration):
         raise ValueError(f"not a field name: {migration!r}")
     top = f"django-{version}"
-    extra = {"shop/version.py": f'VERSION = "{version}"\n'}
+    extra = {
+        "shop/version.py": f'VERSION = "{version}"\n',
+        # A static file whose content is the version: which release nginx serves it from.
+        "notes/static/notes/version.txt": f"{version}\n",
+    }
     previous, number = "0001_initial", 2
     if migration:
         name = f"{number:04d}_note_{migration}"

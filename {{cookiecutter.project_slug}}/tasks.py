@@ -258,6 +258,21 @@ def logs(c, host="", identity="", follow=False, process="", lines=50):
 
 
 @task(
+    help={
+        "state": "on: visitors get 503 and config/maintenance.html; off: the app answers again",
+        **DEPLOY_HELP,
+    }
+)
+def maintenance(c, state, host="", identity=""):
+    """Maintenance mode on or off: nginx answers visitors 503; deploys and checks still work."""
+    from eep.maintenance import maintenance as run
+
+    if state not in ("on", "off"):
+        raise Exit(f"error: maintenance takes on or off, not {state!r}", code=1)
+    _on_hosts(c, host, lambda spec: run(spec, state == "on", identity=identity))
+
+
+@task(
     name="list",
     default=True,
     help={
@@ -332,6 +347,60 @@ def _change(spec: str, request: dict, restart: bool, identity: str) -> int:
 
 
 env = Collection("env", env_list, env_set, env_unset)
+{%- if cookiecutter.database == "postgresql" %}
+
+
+@task(
+    help={
+        "label": "a word in the backup's name (default: manual)",
+        "download": "also copy it to this file or directory here (created 0600)",
+        **DEPLOY_HELP,
+    }
+)
+def backup(c, label="", download="", host="", identity=""):
+    """Back up the app's database now (pg_dump, custom format) into shared/backups on the host."""
+    from eep.backups import backup as run
+
+    _on_one_host(
+        c, host, lambda spec: run(spec, identity=identity, label=label, download=download) and 0
+    )
+
+
+@task(help=DEPLOY_HELP)
+def backups(c, host="", identity=""):
+    """List the database backups on the host, oldest first."""
+    from eep.backups import list_backups
+
+    _on_one_host(c, host, lambda spec: list_backups(spec, identity=identity) and 0)
+
+
+@task(
+    help={
+        "name": "the backup, as `invoke backups` lists it",
+        "yes": "really replace the database with the backup",
+        **DEPLOY_HELP,
+    }
+)
+def restore(c, name, yes=False, host="", identity=""):
+    """Replace the app's database with a backup; the app is stopped meanwhile (needs --yes)."""
+    from eep.backups import restore as run
+
+    _on_one_host(c, host, lambda spec: run(spec, name, identity=identity, yes=yes) or 0)
+
+
+@task(
+    help={
+        "name": "the backup, as `invoke backups` lists it",
+        "to": "file or directory here",
+        **DEPLOY_HELP,
+    }
+)
+def download(c, name, to=".", host="", identity=""):
+    """Copy a database backup from the host to this machine (a new file, mode 0600)."""
+    from eep.backups import download as run
+
+    _on_one_host(c, host, lambda spec: run(spec, name, to, identity=identity) or 0)
+{% endif %}
 
 ns = Collection(
     provision,
@@ -348,4 +417,11 @@ ns = Collection(
     run_command,
     shell,
     env,
+{%- if cookiecutter.database == "postgresql" %}
+    backup,
+    backups,
+    restore,
+    download,
+{%- endif %}
+    maintenance,
 )

@@ -1,9 +1,11 @@
-"""Web side: `/` says which release answers, `/task` queues a task, `/health` for checks."""
+"""Web side: `/` says which release answers, `/task` queues a task, `/health` for checks,
+`POST /upload?name=NAME` stores the body as an upload (nginx serves it at /media/NAME)."""
 
 from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 from flask import Flask, abort, request
 
@@ -11,6 +13,10 @@ from app.tasks import sleep_and_mark
 from app.version import VERSION
 
 application = Flask(__name__)
+# The one place the app may write on an eep host; nginx serves media/ at /media/.
+MEDIA = Path(os.environ.get("EEP_SHARED_DIR", "/tmp")) / "media"
+# An upload's name: no path, no dotfile (nginx would refuse to serve it anyway).
+UPLOAD_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 
 @application.get("/")
@@ -40,3 +46,17 @@ def setting(name: str) -> str:
     if value is None:
         abort(404)
     return value + "\n"
+
+
+@application.post("/upload")
+def upload() -> tuple[str, int]:
+    name = request.args.get("name", "")
+    if not UPLOAD_NAME.fullmatch(name) or request.content_length is None:
+        abort(400)
+    # Written beside it, then renamed: nginx never serves half a file. 0640: nginx
+    # reads it through the app's group, no other account can.
+    temp = MEDIA / f".{name}.{os.urandom(6).hex()}.part"
+    with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), "wb") as handle:
+        handle.write(request.get_data())
+    temp.replace(MEDIA / name)
+    return f"stored /media/{name}\n", 201

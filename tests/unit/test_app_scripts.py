@@ -142,8 +142,10 @@ def test_steps_run_in_order_with_the_settings_and_a_failure_shows_its_output(hos
         (["check"], {"release": "../../etc"}, "error: bad release id '../../etc'"),
         (["check"], {"release": "20260101T000000Z-9.9"}, "error: no built release"),
         (["steps"], None, "error: bad release id 'None'"),
-        (["rm"], {}, "error: usage: as-app VERB (one of: check, steps, health, env, run, shell)"),
+        (["rm"], {}, "error: usage: as-app VERB (one of: check, steps, health, env, backup,"),
         (["check", "--release", RELEASE], {}, "error: usage: as-app VERB"),
+        (["backup"], {}, "error: this app has no database (baked with database: none)"),
+        (["download"], {"name": "x.dump"}, "error: this app has no database"),
     ],
 )
 def test_bad_requests_get_one_line(host, argv, request_, message):

@@ -25,6 +25,7 @@ SUPPORTED = [
     pytest.param({"keep_releases": "2", "uwsgi_max_requests": "0"}, id="lowest-numbers"),
     pytest.param({"uwsgi_processes": "64", "uwsgi_threads": "64"}, id="highest-numbers"),
     pytest.param({"project_name": HOSTILE_NAME}, id="hostile-project-name"),
+    pytest.param({"database": "postgresql", "project_slug": "a-b_c9"}, id="postgresql"),
 ]
 
 
@@ -148,8 +149,13 @@ def test_invalid_answer_is_refused_with_one_line(bake, capfd, changes, message):
 
 @pytest.mark.parametrize(
     "changes",
-    [{"python_version": "2.7"}, {"use_celery": "yes"}, {"project_name": "{{ nope }}"}],
-    ids=["python-2.7", "use-celery-yes", "jinja-in-answer"],
+    [
+        {"python_version": "2.7"},
+        {"use_celery": "yes"},
+        {"database": "mysql"},
+        {"project_name": "{{ nope }}"},
+    ],
+    ids=["python-2.7", "use-celery-yes", "database-mysql", "jinja-in-answer"],
 )
 def test_cookiecutter_itself_refuses(bake, changes):
     # Choices outside the list and Jinja inside an answer stop cookiecutter

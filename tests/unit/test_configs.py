@@ -102,3 +102,11 @@ def test_no_runtime_file_in_tmp(bake):
     tree = bake().project_path
     for path in [tree / "uwsgi.ini", *sorted((tree / "config").iterdir())]:
         assert not re.search(r"(?<![\w.])/tmp/", path.read_text()), path
+
+
+def test_with_the_database_the_backup_verbs_are_literal_rules_too(bake):
+    sudoers = bake(database="postgresql").project_path / "config" / "sudoers"
+    commands = sudoers_commands(sudoers.read_text())
+    verbs = [*AS_APP_VERBS, "backup", "backups", "restore", "download"]
+    assert [c for c in commands if "as-app" in c] == [f"/etc/eep/shop/as-app {v}" for v in verbs]
+    assert configcheck.check_sudoers(sudoers) is None

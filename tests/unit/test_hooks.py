@@ -62,11 +62,13 @@ def test_validate_skips_celery_app_without_celery(ssh_keys):
         deploy_ssh_key=ssh_keys["ed25519"],
         web_root="/srv",
         keep_releases="5",
+        keep_backups="10",
         uwsgi_processes="1",
         uwsgi_threads="1",
         uwsgi_harakiri="30",
         uwsgi_max_requests="0",
         uwsgi_listen="100",
+        database="none",
     )
     assert pre.validate(answers) == []
     assert pre.validate({**answers, "use_celery": "y"}) == [

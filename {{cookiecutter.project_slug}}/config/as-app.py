@@ -21,6 +21,12 @@ Verbs (stdin, then what it does):
     shell   (nothing)         an interactive shell in the current release
     env     {"op": "list" | "show"}  or  {"op": "set", "values": {NAME: VALUE}}
             or {"op": "unset", "names": [NAME]}      the settings file (eep_env.py)
+With the database (PostgreSQL, peer authentication as this user):
+    backup    {"label": "..."}  pg_dump (custom format) into shared/backups, keep the
+                                newest {{ cookiecutter.keep_backups }}
+    backups   (nothing)         list them
+    restore   {"name": "..."}   pg_restore one, in one transaction (the app is stopped)
+    download  {"name": "..."}   write one to stdout
 
 The environment is the same for all: a clean one, the release's virtualenv first in
 PATH, the `env` lines of the release's uwsgi.ini, then eep's (config/uwsgi-base.ini),
@@ -32,9 +38,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 from pathlib import Path
 
@@ -47,6 +55,11 @@ WSGI_MODULE = {{ cookiecutter.wsgi_module | tojson }}
 CELERY_APP = {{ (cookiecutter.celery_app if cookiecutter.use_celery == "y" else "") | tojson }}
 RELEASE_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[A-Za-z0-9._-]{1,40}\Z")
 OUTPUT_LINES = 20  # of a failed step's output, shown to the developer
+DATABASE = {{ cookiecutter.database | tojson }}
+BACKUPS = SHARED / "backups"
+KEEP_BACKUPS = {{ cookiecutter.keep_backups | int }}
+BACKUP_NAME = re.compile(r"[0-9]{8}T[0-9]{6}Z-[A-Za-z0-9._-]{1,80}\.dump\Z")
+LABEL = re.compile(r"[A-Za-z0-9._-]{1,80}\Z")
 
 
 class Refused(Exception):
@@ -255,6 +268,87 @@ def write_settings(values: dict[str, str]) -> None:
         raise
 
 
+def database_env() -> dict[str, str]:
+    """Enough for pg_dump and pg_restore: the connection settings of eep's base ini."""
+    return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **eep_env.base_env()}
+
+
+def need_database() -> None:
+    if DATABASE != "postgresql":
+        raise Refused("this app has no database (baked with database: none)")
+
+
+def backup_path(request: dict) -> Path:
+    need_database()
+    name = request.get("name")
+    if not isinstance(name, str) or not BACKUP_NAME.match(name):
+        raise Refused(f"bad backup name {str(name)[:80]!r} (see `invoke backups`)")
+    if not (BACKUPS / name).is_file():
+        raise Refused(f"no backup {name} (see `invoke backups`)")
+    return BACKUPS / name
+
+
+def backup(request: dict) -> dict:
+    need_database()
+    label = request.get("label") or "manual"
+    if not isinstance(label, str) or not LABEL.match(label):
+        raise Refused(f"bad backup label {str(label)[:80]!r}: letters, digits, . _ -")
+    name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{label}.dump"
+    part = BACKUPS / f".{name}.part"
+    # Written under a name `backups` does not list, renamed once pg_dump succeeded.
+    dump = ["pg_dump", "--format=custom", f"--file={part}"]
+    proc = subprocess.run(
+        dump,
+        env=database_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        part.unlink(missing_ok=True)
+        lines = proc.stderr.strip().splitlines()
+        raise Refused(f"pg_dump failed: {lines[-1] if lines else proc.returncode}")
+    os.replace(part, BACKUPS / name)
+    kept = sorted(p.name for p in BACKUPS.iterdir() if BACKUP_NAME.match(p.name))
+    removed = kept[:-KEEP_BACKUPS] if len(kept) > KEEP_BACKUPS else []
+    for old in removed:
+        (BACKUPS / old).unlink()
+    return {"name": name, "size": (BACKUPS / name).stat().st_size, "removed": removed}
+
+
+def backups(request: dict) -> dict:
+    need_database()
+    found = sorted(p for p in BACKUPS.iterdir() if BACKUP_NAME.match(p.name))
+    return {"backups": [{"name": p.name, "size": p.stat().st_size} for p in found]}
+
+
+def restore(request: dict) -> dict:
+    path = backup_path(request)
+    # --clean --if-exists: drop what the dump holds first; --single-transaction: all of
+    # it or nothing, so a failed restore leaves the database as it was.
+    argv = ["pg_restore", "--clean", "--if-exists", "--single-transaction", "--no-owner"]
+    argv += [f"--dbname={eep_env.base_env().get('PGDATABASE', '')}", str(path)]
+    proc = subprocess.run(
+        argv,
+        env=database_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise Refused(f"pg_restore failed, nothing changed: {lines[-1] if lines else ''}")
+    return {"restored": path.name}
+
+
+def download(request: dict) -> None:
+    with backup_path(request).open("rb") as handle:
+        shutil.copyfileobj(handle, sys.stdout.buffer, 1 << 20)
+    sys.stdout.flush()
+
+
 def exec_program(argv: list[str]) -> None:
     if not argv or not argv[0].startswith("/"):
         raise Refused("exec: an absolute program path is needed")
@@ -262,7 +356,15 @@ def exec_program(argv: list[str]) -> None:
     os.execve(argv[0], argv, app_env(release))
 
 
-VERBS = {"check": check, "steps": steps, "health": health, "env": settings}
+VERBS = {
+    "check": check,
+    "steps": steps,
+    "health": health,
+    "env": settings,
+    "backup": backup,
+    "backups": backups,
+    "restore": restore,
+}
 
 
 def main(argv: list[str]) -> int:
@@ -272,8 +374,8 @@ def main(argv: list[str]) -> int:
             exec_program(argv[1:])
         if argv == ["shell"]:
             shell()
-        if len(argv) != 1 or argv[0] not in [*VERBS, "run"]:
-            verbs = ", ".join([*VERBS, "run", "shell"])
+        if len(argv) != 1 or argv[0] not in [*VERBS, "run", "download"]:
+            verbs = ", ".join([*VERBS, "run", "shell", "download"])
             raise Refused(f"usage: as-app VERB (one of: {verbs}) or as-app exec PROGRAM")
         try:
             request = json.loads(sys.stdin.readline() or "{}")
@@ -283,6 +385,9 @@ def main(argv: list[str]) -> int:
             raise Refused("the request on stdin is not a JSON object")
         if argv[0] == "run":
             run(request)
+        if argv[0] == "download":
+            download(request)
+            return 0
         print(json.dumps(VERBS[argv[0]](request)))
     except (Refused, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

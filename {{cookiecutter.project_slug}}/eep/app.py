@@ -19,6 +19,8 @@ CELERY_APP = {{ cookiecutter.celery_app | tojson }}
 # Celery beat attached too (uwsgi.ini): one instance, its schedule in shared/var.
 USE_BEAT = {{ "True" if cookiecutter.celery_beat == "y" else "False" }}
 KEEP_RELEASES = {{ cookiecutter.keep_releases | int }}
+# "none", or "postgresql": a role and a database named SLUG (eep/database.py).
+DATABASE = {{ cookiecutter.database | tojson }}
 
 APP_ROOT = {{ cookiecutter.__app_root | tojson }}
 RELEASES_DIR = f"{APP_ROOT}/releases"

@@ -16,11 +16,17 @@ from dataclasses import dataclass
 
 import paramiko
 
-from eep import app
+from eep import app, database
 from eep.accounts import group_members
 from eep.claims import TOP_DIRS, adoption_problems, membership_problems, read_facts
 from eep.files import file_difference
-from eep.layout import APP_FILES, DIRECTORIES, RUN_DIRECTORIES
+from eep.layout import (
+    APP_FILES,
+    DIRECTORIES,
+    MAINTENANCE_FLAG,
+    MAINTENANCE_FLAG_STATE,
+    RUN_DIRECTORIES,
+)
 from eep.manifest import HOST_FILES, RETIRED_FILES, host_file
 from eep.nginx import ENABLED
 from eep.pathstate import PathState
@@ -144,6 +150,9 @@ class Audit:
             f"find {app.APP_ROOT} ! -type l -perm /o=w -print 2>/dev/null | head -3"
         ).split()
         problems += [f"{p} is writable by others" for p in opened]
+        flag = self.remote.stat(MAINTENANCE_FLAG)  # present only in maintenance mode
+        if flag is not None and flag != MAINTENANCE_FLAG_STATE:
+            problems.append(f"{MAINTENANCE_FLAG} is {flag}, not {MAINTENANCE_FLAG_STATE}")
         self.record("directories as provisioned, nothing for others", problems)
 
     def no_setuid(self) -> None:
@@ -228,6 +237,14 @@ class Audit:
         problem = [] if ok else [f"{name} {offered.fingerprint} is not in the tree's known_hosts"]
         self.record("host key pinned in the tree", problem, offered.fingerprint)
 
+    def postgresql(self) -> None:
+        """database=postgresql: only the app reaches its database, and without a password."""
+        name = f"only {app.RUNTIME_USER} reaches PostgreSQL database {database.NAME}, no password"
+        if not self.as_root:  # psql runs as postgres
+            self.record(name, [], "not checked (needs root)")
+            return
+        self.record(name, database.audit_problems(self.remote))
+
     def run_all(self) -> list[Check]:
         self.processes()
         self.socket()
@@ -239,6 +256,8 @@ class Audit:
         self.ownership()
         self.services()
         self.host_key()
+        if database.ENABLED:
+            self.postgresql()
         return self.checks
 
 

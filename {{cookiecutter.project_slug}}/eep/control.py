@@ -16,6 +16,7 @@ import time
 
 from eep import app
 from eep.host.celery import subcommand
+from eep.maintenance import maintenance_state
 from eep.remote import HostError, Remote, Target, known_hosts_path
 from eep.report import say
 from eep.serving import CTL, UWSGI_LOG, activate_release, await_celery, program_state, serve
@@ -113,6 +114,7 @@ def status(spec: str, *, identity: str = "") -> bool:
             f"date +%s; stat -c %Y {app.DEPLOY_TRIGGER}", check=False
         ).stdout.split()
         trigger_age = int(ages[0]) - int(ages[1]) if len(ages) == 2 else None
+        maintenance = maintenance_state(session)
     for program, state in states.items():
         say(f"program   {program:<24} {state}")
     for role, pid, uptime, memory, command in processes:
@@ -121,6 +123,8 @@ def status(spec: str, *, identity: str = "") -> bool:
     say(f"release   {release}")
     say(f"socket    {app.SOCKET} {socket.strip() or 'MISSING'}")
     say(f"nginx     GET /health on {app.DOMAINS[0]} -> {answer or 'no answer'}")
+    if maintenance:
+        say(f"maintenance {maintenance}: visitors get 503 (`invoke maintenance off` ends it)")
     healthy = all(s == "RUNNING" for s in states.values()) and 0 < answer < 500
     if app.USE_CELERY:
         celery, celery_ok = celery_state(processes, trigger_age)
@@ -151,53 +155,61 @@ def _leftovers(session: Session) -> list[str]:
 def stop(spec: str, *, identity: str = "", now: bool = False, timeout: float = 600) -> None:
     """Stop the web app; wait until Celery has finished its running tasks (or kill them: now)."""
     with Session(spec, identity) as session, session.locked():
-        with session.step("stop", f"supervisorctl stop {app.SLUG}"):
-            # uWSGI quits at once: nginx gets no answer from the app from now on.
-            session.remote.run(f"{CTL} stop {app.SLUG}")
-        if now:
-            with session.step("kill", "running tasks and attached processes killed (--now)"):
-                session.remote.run(f"{STOP_APP} now")
-        else:
-            # Celery outlives uWSGI (it is tracked by a pidfile): one TERM, a warm shutdown.
-            session.remote.run(f"{STOP_APP} warm")
-        with session.step(
-            "tasks", "every process of the app has exited; the broker keeps its queue"
-        ):
-            deadline = time.monotonic() + timeout
-            while left := _leftovers(session):
-                if time.monotonic() > deadline:
-                    raise HostError(
-                        f"still running after {timeout:.0f} s: pids {' '.join(left)};"
-                        " `invoke stop --now` kills them"
-                    )
-                time.sleep(1)
+        stop_app(session, now=now, timeout=timeout)
     say(f"[{session.target}] stopped {app.SLUG}; `invoke start` brings it back")
+
+
+def stop_app(session: Session, *, now: bool = False, timeout: float = 600) -> None:
+    """`invoke stop` in an open session that holds the lock (restore uses it too)."""
+    with session.step("stop", f"supervisorctl stop {app.SLUG}"):
+        # uWSGI quits at once: nginx gets no answer from the app from now on.
+        session.remote.run(f"{CTL} stop {app.SLUG}")
+    if now:
+        with session.step("kill", "running tasks and attached processes killed (--now)"):
+            session.remote.run(f"{STOP_APP} now")
+    else:
+        # Celery outlives uWSGI (it is tracked by a pidfile): one TERM, a warm shutdown.
+        session.remote.run(f"{STOP_APP} warm")
+    with session.step("tasks", "every process of the app has exited; the broker keeps its queue"):
+        deadline = time.monotonic() + timeout
+        while left := _leftovers(session):
+            if time.monotonic() > deadline:
+                raise HostError(
+                    f"still running after {timeout:.0f} s: pids {' '.join(left)};"
+                    " `invoke stop --now` kills them"
+                )
+            time.sleep(1)
 
 
 def start(spec: str, *, identity: str = "") -> None:
     """Start the app and wait until every worker serves; a release that cannot start
     is marked failed and the release activated before it is started instead."""
     with Session(spec, identity) as session, session.locked():
-        try:
-            with session.step("start") as details:
-                details.append(serve(session, "wait"))
-        except HostError as error:
-            current = next((r for r in session.agent("list")["releases"] if r["current"]), None)
-            if current is None:
-                raise
-            session.say("failed", f"{current['id']}: {error}")
-            session.agent("fail", current["id"], f"failed to start: {error}")
-            try:
-                release_id = activate_release(
-                    session, ["rollback"], "all", how="start-fallback", undo=False
-                )
-            except HostError as fallback:
-                raise HostError(f"{current['id']} failed to start ({error}); {fallback}") from None
-            raise HostError(
-                f"{current['id']} failed to start ({error}); {release_id} serves instead"
-            ) from None
+        start_app(session)
         answer = session.http_status("/health")
     say(f"[{session.target}] started {app.SLUG}: nginx answers {answer}")
+
+
+def start_app(session: Session) -> None:
+    """`invoke start` in an open session that holds the lock (restore uses it too)."""
+    try:
+        with session.step("start") as details:
+            details.append(serve(session, "wait"))
+    except HostError as error:
+        current = next((r for r in session.agent("list")["releases"] if r["current"]), None)
+        if current is None:
+            raise
+        session.say("failed", f"{current['id']}: {error}")
+        session.agent("fail", current["id"], f"failed to start: {error}")
+        try:
+            release_id = activate_release(
+                session, ["rollback"], "all", how="start-fallback", undo=False
+            )
+        except HostError as fallback:
+            raise HostError(f"{current['id']} failed to start ({error}); {fallback}") from None
+        raise HostError(
+            f"{current['id']} failed to start ({error}); {release_id} serves instead"
+        ) from None
 
 
 def run(spec: str, command: str, *, identity: str = "") -> int:

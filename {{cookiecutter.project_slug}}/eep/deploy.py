@@ -13,7 +13,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from eep import app
+from eep import app, backups
 from eep.manifest import TREE
 from eep.release_rules import RuleError, check_ini, check_requirements
 from eep.remote import HostError
@@ -64,15 +64,26 @@ def _build(
     config = session.agent("config", release_id)
     if config["build"]:
         with session.step("build", running=" && ".join(config["build"])[:60]) as details:
-            details.append(f"{len(config['build'])} step(s) as {app.DEPLOY_USER}")
+            details.append(f"as {app.DEPLOY_USER}: " + "; ".join(config["build"]))
             session.agent("build", release_id)
     request = {"release": release_id}
     with session.step("checks") as details:
         session.as_app("check", request)
         details.append(f"app{' and Celery' if app.USE_CELERY else ''} load as {app.RUNTIME_USER}")
     if config["pre_activate"]:
-        with session.step("steps", running=" && ".join(config["pre_activate"])[:60]) as details:
-            details += session.as_app("steps", request)["steps"]
+        # Migrations may change the database: a backup first, named if a step fails.
+        taken = backups.take(session, f"before-{release_id}") if app.DATABASE != "none" else ""
+        try:
+            with session.step("steps", running=" && ".join(config["pre_activate"])[:60]) as details:
+                ran = session.as_app("steps", request)["steps"]
+                details.append(f"as {app.RUNTIME_USER}: " + "; ".join(ran))
+        except HostError as error:
+            if not taken:
+                raise
+            raise HostError(
+                f"{error}; the backup taken just before: {taken}"
+                f" (`invoke restore {taken} --yes` brings it back)"
+            ) from None
     with session.step("health") as details:
         answer = session.as_app(
             "health", {**request, "path": config["health"], "host": session.host_header}

@@ -34,6 +34,9 @@ DIRECTORIES: dict[str, PathState] = {
 }
 if app.USE_CELERY:
     DIRECTORIES[f"{app.SHARED_DIR}/redis"] = directory(RUNTIME, RUNTIME, 0o700)
+if app.DATABASE == "postgresql":
+    # Dumps of the app's database: the app's own data, so the app's and no one else's.
+    DIRECTORIES[f"{app.SHARED_DIR}/backups"] = directory(RUNTIME, RUNTIME, 0o700)
 
 # Files the app user makes itself (root never writes in shared/): checked when present.
 APP_FILES: dict[str, PathState] = {
@@ -49,6 +52,12 @@ RUN_DIRECTORIES: dict[str, PathState] = {
 }
 if app.USE_CELERY:
     RUN_DIRECTORIES[f"{app.RUN_DIR}/redis"] = directory(RUNTIME, RUNTIME, 0o700)
+
+# `invoke maintenance on` (eep/maintenance.py) creates this file, `off` removes it;
+# config/nginx.conf answers 503 while it exists. In the app root: nginx traverses it
+# (group), the deploy account writes it, the app cannot.
+MAINTENANCE_FLAG = f"{app.APP_ROOT}/maintenance"
+MAINTENANCE_FLAG_STATE = regular_file(DEPLOY, RUNTIME, 0o640)
 
 
 def ensure_layout(remote: Remote, report: Report) -> None:

@@ -39,6 +39,8 @@ HOST_FILES = [
     HostFile("config/supervisor-service.conf", "/etc/systemd/system/supervisor.service.d/eep.conf"),
     HostFile("config/nginx.conf", f"/etc/nginx/sites-available/{app.SLUG}"),
     HostFile("config/nginx-default.conf", "/etc/nginx/sites-available/eep-default"),
+    # The page nginx answers with in maintenance mode (read through the app's group).
+    HostFile("config/maintenance.html", f"{app.CONF_DIR}/maintenance.html"),
     HostFile("config/sudoers", f"/etc/sudoers.d/{app.SLUG}", mode=0o440),
     # Named by sudo rules: root-owned, so neither the app nor the developer can change them.
     HostFile("config/stop-app.sh", f"{app.CONF_DIR}/stop-app", mode=0o755),

@@ -67,6 +67,7 @@ def ensure_site(remote: Remote, report: Report, *, reload: bool = False) -> None
     for log in LOG_FILES:
         # Made before nginx opens them: nginx itself would create them 0644.
         ensure_log_file(remote, report, log)
+    ensure_file(remote, report, host_file("config/maintenance.html"))
     site = host_file("config/nginx.conf")
     backup = f"{site.path}.eep-previous"
     # The accepted file is kept (mtime included) to be put back if nginx -t refuses the new one.

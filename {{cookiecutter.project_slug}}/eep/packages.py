@@ -15,6 +15,10 @@ PACKAGES = ["nginx", "supervisor", "sudo", "uwsgi-core", "uwsgi-plugin-python3",
 if app.USE_CELERY:
     PACKAGES.append("redis-server")
 SERVICES = ["nginx", "supervisor"]
+if app.DATABASE == "postgresql":
+    # The distribution's PostgreSQL (Debian 12: 15, Debian 13: 17) and its default cluster.
+    PACKAGES.append("postgresql")
+    SERVICES.append("postgresql")
 
 # How these steps read the host: eep.provision runs them all in one round trip first.
 OS_RELEASE = "cat /etc/os-release"
@@ -85,7 +89,7 @@ def ensure_packages(remote: Remote, report: Report) -> None:
 
 
 def ensure_services(remote: Remote, report: Report) -> None:
-    """nginx and supervisor enabled at boot and running."""
+    """nginx and supervisor (and PostgreSQL) enabled at boot and running."""
     for service in SERVICES:
         enabled, active = (
             remote.run(query, check=False, changes=False).stdout.strip()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from eep import accounts, claims, nginx, packages, supervisor
+from eep import accounts, claims, database, nginx, packages, supervisor
 from eep.accounts import ensure_accounts
 from eep.claims import check_claims
+from eep.database import ensure_database
 from eep.files import ensure_absent
 from eep.layout import DIRECTORIES, RUN_DIRECTORIES, ensure_layout, ensure_run_dirs
 from eep.manifest import HOST_FILES, RETIRED_FILES
@@ -26,7 +27,7 @@ def read_host(remote: Remote) -> None:
     files = [host_file.path for host_file in HOST_FILES]
     dirs = [*DIRECTORIES, *RUN_DIRECTORIES]
     stats = files + dirs + LOG_FILES + RETIRED_FILES + [SERVICE_DROP_IN_DIR] + claims.PATHS
-    commands = packages.READS + accounts.READS + nginx.READS
+    commands = packages.READS + accounts.READS + nginx.READS + database.READS
     remote.prefetch(stats, files, commands, supervisor_conf=supervisor.CONF)
 
 
@@ -38,14 +39,17 @@ def provision_host(remote: Remote, report: Report) -> None:
     # check runs python3 on the host: a host without it gets it with the packages first.
     if has_python:
         check_claims(remote, report)
+        database.check_claims(remote)
     ensure_packages(remote, report)
     ensure_services(remote, report)
     if not remote.has_facts():  # the packages or services changed
         read_host(remote)
     if not has_python:
         check_claims(remote, report)
+        database.check_claims(remote)
     nginx_groups_changed = ensure_accounts(remote, report)
     ensure_layout(remote, report)
+    ensure_database(remote, report)
     ensure_run_dirs(remote, report)
     uwsgi_changed, broker_changed = ensure_uwsgi_files(remote, report)
     ensure_sudoers(remote, report)

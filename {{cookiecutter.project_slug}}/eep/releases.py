@@ -354,8 +354,10 @@ def cleanup(keep: int) -> dict:
 
 
 def http_status(path: str, host: str) -> dict:
-    """The status nginx gives for `path` on the app's domain, asked from the host itself."""
-    request = urllib.request.Request("http://127.0.0.1" + path, headers={"Host": host})
+    """The status nginx gives for `path` on the app's domain, asked from the host itself;
+    X-Eep-Check lets it through maintenance mode (config/nginx.conf)."""
+    headers = {"Host": host, "X-Eep-Check": "1"}
+    request = urllib.request.Request("http://127.0.0.1" + path, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return {"status": response.status}

@@ -15,6 +15,7 @@ import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import paramiko
 from fabric import Connection
@@ -206,6 +207,21 @@ class Remote:
         finally:
             channel.close()
         return _checked(command, result, check)
+
+    def stream(self, command: str, out: BinaryIO, *, stdin: bytes = b"") -> tuple[int, str]:
+        """Run a command as the login user, its output written to `out` as it comes
+        (a backup may be larger than memory); (exit status, stderr)."""
+        channel = self.conn.client.get_transport().open_session()
+        try:
+            channel.exec_command(command)
+            channel.sendall(stdin)
+            channel.shutdown_write()
+            while chunk := channel.recv(1 << 20):
+                out.write(chunk)
+            err = channel.makefile_stderr("rb").read().decode(errors="replace")
+            return channel.recv_exit_status(), err
+        finally:
+            channel.close()
 
     def converse(self, command: str) -> Conversation:
         """Start a command that answers each line sent to it with one line."""
