@@ -173,6 +173,8 @@ def check_deploy_ssh_key(value: str) -> None:
             "required: paste the developer's OpenSSH public key; none in ~/.ssh either"
             f" ({', '.join(DEFAULT_KEY_FILES)})"
         )
+    if "PRIVATE KEY" in value:
+        raise Refused("this is a private key: give the public one (the .pub file)")
     _no_control_chars(value)
     fields = value.strip().split(" ", 2)
     if len(fields) < 2 or fields[0] not in SSH_KEY_TYPES:
