@@ -33,7 +33,7 @@ class UpdateError(Exception):
 
 def git(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+        return subprocess.run(["git", *args], check=False, cwd=cwd, capture_output=True, text=True)
     except OSError:
         raise UpdateError("invoke update needs git (apt-get install git)") from None
 
@@ -43,7 +43,10 @@ def recorded(tree: Path) -> dict[str, str]:
     try:
         record = json.loads((tree / RECORD).read_text())["cookiecutter"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise UpdateError(f"{RECORD} is missing or is not a cookiecutter replay file") from None
+        raise UpdateError(
+            f"{RECORD} is missing or is not a cookiecutter replay file (one an older eep"
+            " wrote records no template): bake again from a git URL"
+        ) from None
     if not record.get("_template") or not record.get("_commit"):
         raise UpdateError(
             f"{RECORD} records no template commit (baked from a template directory with"
@@ -69,7 +72,7 @@ def bake(template: str, checkout: str, answers: dict[str, str], work: Path) -> P
     work.mkdir()
     # A configuration of our own: the clone and cookiecutter's replay file stay in `work`,
     # and ~/.cookiecutterrc's default answers do not apply.
-    config = work / "cookiecutter.yaml"
+    config = work / "cookiecutterrc"
     config.write_text(
         f"cookiecutters_dir: {json.dumps(str(work / 'templates'))}\n"
         f"replay_dir: {json.dumps(str(work / 'replay'))}\n"
@@ -82,7 +85,7 @@ def bake(template: str, checkout: str, answers: dict[str, str], work: Path) -> P
     # an answer to a prompt that is not shown (the output is captured).
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
     proc = subprocess.run(
-        command, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL
+        command, check=False, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL
     )
     trees = list((work / "out").glob("*/" + RECORD))
     if proc.returncode != 0 or len(trees) != 1:
@@ -125,6 +128,7 @@ def merge_file(ours: bytes, base: bytes, theirs: bytes, labels: tuple[str, str, 
         proc = subprocess.run(
             ["git", "merge-file", "-p", "-L", labels[0], "-L", labels[1], "-L", labels[2]]
             + [str(p) for p in paths],
+            check=False,
             capture_output=True,
         )
     if proc.returncode > 127:  # an error, e.g. a binary file: keep ours, flag it
@@ -145,7 +149,9 @@ def plan(base: Path, theirs: Path, ours: Path, labels: tuple[str, str, str]) -> 
         )
         if (b, base_mode) == (t, new_mode):  # the template did not change it
             if (o, mode) != (b, base_mode):
-                changes.append(Change(path, "kept", note="your edit" if o is not None else "removed here"))
+                changes.append(
+                    Change(path, "kept", note="your edit" if o is not None else "removed here")
+                )
             continue
         # An executable bit the template changed follows, unless you changed it too.
         new_mode = new_mode if o is None or mode == base_mode else mode
