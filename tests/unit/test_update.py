@@ -119,6 +119,15 @@ def test_a_file_the_template_removes(template, user, tree):
     )
 
 
+def test_an_executable_bit_the_template_sets_arrives(template, user, tree):
+    (template.work / "{{cookiecutter.project_slug}}/config/no-release.py").chmod(0o755)
+    template.release("v2.0")
+    result = invoke(tree, "update", "--to", "v2.0", env=user)
+    assert result.returncode == 0, result.stderr
+    assert "  updated   config/no-release.py (mode)" in result.stdout.splitlines()
+    assert (tree / "config" / "no-release.py").stat().st_mode & 0o777 == 0o755
+
+
 def test_uncommitted_changes_are_refused_and_nothing_changes(template, user, tree):
     template.edit("config/sudoers", "# Installed as", SUDOERS_NOTE + "# Installed as")
     template.release("v2.0")
@@ -170,6 +179,20 @@ def test_a_version_that_cannot_be_baked_is_one_line_and_changes_nothing(user, tr
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith(message), result.stderr
+    assert snapshot(tree) == before
+
+
+def test_answers_the_new_version_refuses_are_named_and_change_nothing(template, user, tree):
+    hook = template.work / "hooks" / "pre_gen_project.py"
+    hook.write_text(hook.read_text().replace("    all default\n", "    all default shop\n"))
+    template.release("v2.0")
+    before = snapshot(tree)
+    result = invoke(tree, "update", "--to", "v2.0", env=user)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: cannot bake the template {template.url} at v2.0:"
+        " ERROR: project_slug: 'shop' is a reserved system name; pick another\n"
+    )
     assert snapshot(tree) == before
 
 

@@ -90,8 +90,11 @@ def bake(template: str, checkout: str, answers: dict[str, str], work: Path) -> P
     trees = list((work / "out").glob("*/" + RECORD))
     if proc.returncode != 0 or len(trees) != 1:
         lines = (proc.stderr + proc.stdout).strip().splitlines() or ["no tree was made"]
-        # git's own reason when the clone failed; else cookiecutter's last word.
-        reason = [line for line in lines if line.startswith("fatal: ")] or lines[-1:]
+        # git's reason when the clone failed, the hook's when it refused an answer (the new
+        # version may refuse what the old one took), else cookiecutter's last word.
+        reason = [line for line in lines if line.startswith("fatal: ")]
+        reason += [line for line in lines if line.startswith("ERROR: ") and ": " in line[7:]]
+        reason += lines[-1:]
         where = f"{template} at {checkout}" if checkout else template
         raise UpdateError(f"cannot bake the template {where}: {reason[0].strip()}")
     return trees[0].parent
