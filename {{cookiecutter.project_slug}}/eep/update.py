@@ -56,8 +56,9 @@ def recorded(tree: Path) -> dict[str, str]:
 
 
 def refuse_uncommitted(tree: Path) -> None:
-    """In a git repository, the tree must be committed: then `git diff` shows exactly
-    what the update changed, and `git checkout .` undoes it. Elsewhere nothing is checked."""
+    """In a git repository, the tree must be committed: then `git status` and `git diff`
+    show exactly what the update changed, and `git restore . && git clean -fd .` undoes it.
+    Elsewhere nothing is checked."""
     if git("rev-parse", "--is-inside-work-tree", cwd=tree).stdout.strip() != "true":
         return
     status = git("status", "--porcelain", "--untracked-files=all", "--", ".", cwd=tree)
