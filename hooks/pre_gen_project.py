@@ -19,6 +19,7 @@ import re
 import struct
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 # Names a slug may not take: system accounts and groups of Debian/Ubuntu (some guard
 # keys or devices: ssl-cert, libvirt), the services eep itself configures, directory
@@ -84,6 +85,9 @@ SSH_KEY_TYPES = (
     "sk-ecdsa-sha2-nistp256@openssh.com",
 )
 RSA_MIN_BITS = 2048
+# An empty deploy_ssh_key answer takes the first of these in ~/.ssh: public keys only,
+# in the order OpenSSH's client tries them (newest key type first).
+DEFAULT_KEY_FILES = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 
 
 class Refused(ValueError):
@@ -179,7 +183,12 @@ def _ssh_strings(blob: bytes) -> list[bytes]:
 
 def check_deploy_ssh_key(value: str) -> None:
     if not value.strip():
-        raise Refused("required: paste the developer's OpenSSH public key (~/.ssh/id_ed25519.pub)")
+        raise Refused(
+            "required: paste the developer's OpenSSH public key; none in ~/.ssh either"
+            f" ({', '.join(DEFAULT_KEY_FILES)})"
+        )
+    if "PRIVATE KEY" in value:
+        raise Refused("this is a private key: give the public one (the .pub file)")
     _no_control_chars(value)
     fields = value.strip().split(" ", 2)
     if len(fields) < 2 or fields[0] not in SSH_KEY_TYPES:
@@ -265,12 +274,34 @@ def check_beat_needs_celery(answers: dict[str, object]) -> list[str]:
     return []
 
 
-def main(answers: dict[str, object]) -> int:
+def default_public_key(home: Path) -> Path | None:
+    """The developer's default public key file (the first of DEFAULT_KEY_FILES), if any.
+
+    The post-generation hook writes the same file into config/authorized_keys (a
+    pre-generation hook cannot change the answers).
+    """
+    for name in DEFAULT_KEY_FILES:
+        if (home / ".ssh" / name).is_file():
+            return home / ".ssh" / name
+    return None
+
+
+def main(answers: dict[str, object], home: Path) -> int:
+    key_file = None
+    if answers.get("deploy_ssh_key") == "":
+        key_file = default_public_key(home)
+    if key_file:
+        answers = {**answers, "deploy_ssh_key": key_file.read_text(errors="replace").strip()}
     errors = validate(answers)
     for line in errors:
+        if key_file and line.startswith("deploy_ssh_key: "):
+            # Name the file; never print its content (it might be a private key).
+            line = line.replace("deploy_ssh_key: ", f"deploy_ssh_key: {key_file}: ", 1)
         print(f"ERROR: {line}", file=sys.stderr)
+    if key_file and not errors:
+        print(f"deploy_ssh_key: none given, using {key_file}")
     return 1 if errors else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(json.loads(r"""{{ cookiecutter | tojson }}""")))
+    sys.exit(main(json.loads(r"""{{ cookiecutter | tojson }}"""), Path.home()))

@@ -52,3 +52,21 @@ def bake(cookies, answers):
         return cookies.bake(extra_context={**answers, **changes}, template=str(REPO))
 
     return _bake
+
+
+@pytest.fixture
+def user(tmp_path) -> dict[str, str]:
+    """The environment of a user of the template (see tests/templaterepo.py)."""
+    from templaterepo import user_env
+
+    return user_env(tmp_path / "home")
+
+
+@pytest.fixture
+def template(tmp_path, user):
+    """The template in a git repository with one version, tagged v1.0."""
+    from templaterepo import TemplateRepo
+
+    repo = TemplateRepo(tmp_path, user)
+    repo.release("v1.0")
+    return repo

@@ -346,6 +346,30 @@ def _change(spec: str, request: dict, restart: bool, identity: str) -> int:
     return 0
 
 
+@task(
+    help={
+        "to": "the template version to update to: a tag (e.g. v1.2), branch or commit;"
+        " default: the template's default branch",
+        "template": "the template's git URL, if not the one recorded in .cookiecutter.json",
+    }
+)
+def update(c, to="", template=""):
+    """Bring a newer version of the eep template into this tree, keeping your edits."""
+    from eep.manifest import TREE
+    from eep.update import UpdateError
+    from eep.update import update as run
+
+    try:
+        conflicts = run(TREE, to=to, template=template)
+    except UpdateError as error:
+        raise Exit(f"error: {error}", code=1) from None
+    if conflicts:
+        raise Exit(
+            f"error: conflicts to resolve (<<<<<<< markers), then commit: {', '.join(conflicts)}",
+            code=1,
+        )
+
+
 env = Collection("env", env_list, env_set, env_unset)
 {%- if cookiecutter.database == "postgresql" %}
 
@@ -424,4 +448,5 @@ ns = Collection(
     download,
 {%- endif %}
     maintenance,
+    update,
 )

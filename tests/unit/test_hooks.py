@@ -93,12 +93,27 @@ def test_domain_names_split_on_spaces_and_commas():
 def test_post_gen_drops_celery_files_and_records_answers(tmp_path):
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "redis.conf").write_text("port 0\n")
-    answers = {"project_slug": "shop", "use_celery": "n", "_template": "/somewhere/eep"}
-    assert post.main(tmp_path, answers) == 0
-    assert not (tmp_path / "config" / "redis.conf").exists()
-    assert json.loads((tmp_path / ".cookiecutter.json").read_text()) == {
+    answers = {
         "project_slug": "shop",
         "use_celery": "n",
+        "__deploy_user": "shop-deploy",
+        "_template": "https://git.example.com/eep.git",
+        "_checkout": "v1.0",
+        "_repo_dir": str(tmp_path / "not-a-git-checkout"),
+        "_output_dir": "/home/dev/projects",
+    }
+    assert post.main(tmp_path, answers) == 0
+    assert not (tmp_path / "config" / "redis.conf").exists()
+    # A replay file of cookiecutter's; no path of the machine that baked it.
+    assert json.loads((tmp_path / ".cookiecutter.json").read_text()) == {
+        "cookiecutter": {
+            "project_slug": "shop",
+            "use_celery": "n",
+            "__deploy_user": "shop-deploy",
+            "_template": "https://git.example.com/eep.git",
+            "_checkout": "v1.0",
+            "_commit": "",
+        }
     }
 
 
