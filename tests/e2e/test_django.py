@@ -214,8 +214,17 @@ def test_nobody_else_reaches_the_database_backups_or_settings(tree, host):
     sql = f"select rolpassword is null from pg_authid where rolname = '{SLUG}'"
     role = host.run(f"cd /tmp && runuser -u postgres -- psql -XAtc {shlex.quote(sql)}")
     assert role.stdout.strip() == "t"
-    spec = f"root@127.0.0.1:{host.ssh_port}"
-    ok(tree.invoke("audit", "--host", spec, "--identity", str(host.key_path)))
+    audit = ["audit", "--host", f"root@127.0.0.1:{host.ssh_port}", "--identity"]
+    audit.append(str(host.key_path))
+    ok(tree.invoke(*audit))
+    backups = f"/srv/{SLUG}/shared/backups"
+    host.run(f"chmod 0750 {backups}")
+    try:
+        failed = tree.invoke(*audit)
+        assert failed.returncode == 1
+        assert f"{backups} is directory {SLUG}:{SLUG} 0750" in failed.stdout, failed.stdout
+    finally:
+        host.run(f"chmod 0700 {backups}")
 
 
 def test_after_a_reboot_everything_is_back(tree, host):
