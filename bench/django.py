@@ -63,6 +63,8 @@ def main() -> None:
     ensure_ready()
     with tempfile.TemporaryDirectory() as tmp:
         dist = Path(tmp) / "dist"
+        for name in ("dj", "fl"):
+            (Path(tmp) / name).mkdir()
         django = bake_tree(
             Path(tmp) / "dj",
             "benchdj",
@@ -86,10 +88,12 @@ def main() -> None:
             print(f"deploy v2 with a migration under load {took:5.1f} s  {phases(out)}")
             print(f"  load during deploy: {json.dumps(load.stats)}")
 
-            # About N MB of notes, made by the app's own role (peer authentication).
+            # About N MB of notes, made by the app's own role (peer authentication):
+            # 1920 random hex characters each, so the dump cannot compress them away.
             rows = args.megabytes * 1024 // 2
             sql = (
-                "insert into notes_note (text, created) select repeat(md5(i::text), 60),"
+                "insert into notes_note (text, created) select (select string_agg("
+                "md5(random()::text || i || j), '') from generate_series(1, 60) j),"
                 f" now() from generate_series(1, {rows}) i"
             )
             host.run(
