@@ -108,7 +108,8 @@ def test_sudoers_is_valid_and_deploy_may_run_only_its_literal_commands(host):
     expected = [f"{ctl} {verb} {SLUG}" for verb in ("status", "start", "stop")]
     assert sorted(allowed) == sorted([*expected, f"{ctl} status {SLUG}-redis"])
     rules = listing.split("may run the following commands")[1]
-    assert re.findall(r"\((\w+)\) NOPASSWD: /etc/eep/\S+", rules) == [SLUG]
+    # Two rules run as the app user: the control scripts, then as-app's verbs.
+    assert re.findall(r"\((\w+)\) NOPASSWD: /etc/eep/\S+", rules) == [SLUG, SLUG]
     assert re.findall(rf"/etc/eep/{SLUG}/[^,\n]*", rules) == [
         f"/etc/eep/{SLUG}/stop-app warm",
         f"/etc/eep/{SLUG}/stop-app now",
@@ -116,6 +117,8 @@ def test_sudoers_is_valid_and_deploy_may_run_only_its_literal_commands(host):
         f"/etc/eep/{SLUG}/reload all",
         f"/etc/eep/{SLUG}/reload full",
         f"/etc/eep/{SLUG}/reload wait",
+        *(f"/etc/eep/{SLUG}/as-app {verb}" for verb in ("check", "steps", "health")),
+        *(f"/etc/eep/{SLUG}/as-app {verb}" for verb in ("run", "shell", "env")),
     ]
     assert "ALL" not in rules.replace("(root)", "")
 
