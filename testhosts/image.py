@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -35,6 +36,8 @@ INCLUDES = (
 # Bump when prepare_base() changes, so existing machines unpack a fresh base.
 PREPARE_VERSION = 1
 MACHINE_CA_DIR = Path("/usr/local/share/ca-certificates")
+# mmdebstrap checks the archive with the machine's debian-archive-keyring.
+KEYRINGS = Path("/usr/share/keyrings")
 
 KEEP_DEBS_CONF = """\
 // Written by the eep test-host harness: keep downloaded .deb files, so the
@@ -71,6 +74,7 @@ def build_image(release: str | None = None, rebuild: bool = False) -> dict:
         target = image_path(distro.codename, layout)
         if meta and target.is_file() and not rebuild:
             return meta
+        ensure_archive_key(distro)
         mirrors = aptsources.machine_mirrors(suite=distro.codename)
         options = aptsources.machine_apt_options()
         tmp = target.with_name(target.name + ".tmp")
@@ -110,6 +114,24 @@ def build_image(release: str | None = None, rebuild: bool = False) -> dict:
         final.with_suffix(".tmp").rename(final)
         log.info("image: built in %.1f s (%d MB)", seconds, meta["bytes"] // 1_000_000)
         return meta
+
+
+def ensure_archive_key(distro: releases.Release, keyrings: Path = KEYRINGS) -> None:
+    """The machine's keyring must hold the release's archive key: Debian 12's has trixie's
+    from 2023.3+deb12u2 on (a stable update), so an older one is upgraded once."""
+    key = keyrings / f"debian-archive-{distro.codename}-automatic.gpg"
+    if key.is_file():
+        return
+    log.info("image: %s has no key of %s, upgrading debian-archive-keyring", keyrings, distro.title)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    upgrade = ["apt-get", "install", "-y", "-q", "debian-archive-keyring"]
+    for command in (["apt-get", "update", "-q"], upgrade):
+        subprocess.run(command, capture_output=True, env=env, stdin=subprocess.DEVNULL)
+    if not key.is_file():
+        raise HarnessError(
+            f"no archive key of {distro.title} on this machine ({key} is missing, also after"
+            " upgrading debian-archive-keyring): install a debian-archive-keyring that has it"
+        )
 
 
 def _machine_cas() -> list[Path]:

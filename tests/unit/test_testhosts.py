@@ -109,3 +109,19 @@ def test_the_cli_takes_a_release_and_refuses_an_unknown_one_in_one_line(capsys):
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid choice: 'sid'" in err
+
+
+def test_a_keyring_without_the_releases_key_is_upgraded_once_then_refused(tmp_path, monkeypatch):
+    trixie = releases.get_release("trixie")
+    ran: list[list[str]] = []
+    monkeypatch.setattr(image.subprocess, "run", lambda command, **_: ran.append(command))
+    with pytest.raises(HarnessError, match=r"no archive key of Debian 13 \(trixie\) on this"):
+        image.ensure_archive_key(trixie, tmp_path)
+    assert ran == [
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "debian-archive-keyring"],
+    ]
+    ran.clear()
+    (tmp_path / "debian-archive-trixie-automatic.gpg").write_bytes(b"key")
+    image.ensure_archive_key(trixie, tmp_path)
+    assert ran == []
