@@ -1,7 +1,7 @@
-"""Disposable Debian 12 test hosts for end-to-end tests.
+"""Disposable Debian test hosts for end-to-end tests.
 
-Each host is a real Debian 12 (bookworm) system with systemd as PID 1, booted
-with systemd-nspawn in its own network namespace and reachable over real ssh
+Each host is a real Debian 12 (bookworm, the default) or Debian 13 (trixie)
+system with systemd as PID 1, booted with systemd-nspawn in its own network namespace and reachable over real ssh
 on a loopback port. See README.md in this directory.
 """
 
