@@ -190,10 +190,10 @@ def demo(c):
     print("    remove it with: ./dev host.down eep-demo")
 
 
-@task(help={"name": "host name"})
-def host_up(c, name):
-    """Boot a disposable Debian 12 test host and print how to reach it."""
-    c.run(f"{PY} -m testhosts up {name}", pty=False)
+@task(help={"name": "host name", "release": "Debian release: bookworm (default) or trixie"})
+def host_up(c, name, release="bookworm"):
+    """Boot a disposable Debian test host and print how to reach it."""
+    c.run(f"{PY} -m testhosts up {name} --release {release}", pty=False)
 
 
 @task(help={"name": "host name"})

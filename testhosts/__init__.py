@@ -1,8 +1,9 @@
-"""Disposable Debian 12 test hosts for end-to-end tests.
+"""Disposable Debian test hosts for end-to-end tests.
 
-Each host is a real Debian 12 (bookworm) system with systemd as PID 1, booted
-with systemd-nspawn in its own network namespace and reachable over real ssh
-on a loopback port. See README.md in this directory.
+Each host is a real Debian 12 (bookworm, the default) or Debian 13 (trixie)
+system with systemd as PID 1, booted with systemd-nspawn in its own network
+namespace and reachable over real ssh on a loopback port. See README.md in
+this directory.
 """
 
 from .cleanup import cleanup_leftovers

@@ -7,9 +7,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import releases
+
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
-SUITE = "bookworm"
 
 # apt settings about *how* the archive is reached, copied into guests.
 _COPIED_OPTION = re.compile(
@@ -22,12 +23,13 @@ _COPIED_OPTION = re.compile(
 class Mirrors:
     debian: str
     security: str
+    suite: str = releases.DEFAULT
 
     def sources_list(self) -> str:
         return (
-            f"deb {self.debian} {SUITE} main\n"
-            f"deb {self.debian} {SUITE}-updates main\n"
-            f"deb {self.security} {SUITE}-security main\n"
+            f"deb {self.debian} {self.suite} main\n"
+            f"deb {self.debian} {self.suite}-updates main\n"
+            f"deb {self.security} {self.suite}-security main\n"
         )
 
     def mmdebstrap_sources(self) -> list[str]:
@@ -65,8 +67,12 @@ def _deb822_entries(text: str) -> list[tuple[str, list[str]]]:
     return entries
 
 
-def machine_mirrors(etc_apt: Path = Path("/etc/apt")) -> Mirrors:
-    """Mirrors for bookworm and bookworm-security as the machine's apt uses them."""
+def machine_mirrors(etc_apt: Path = Path("/etc/apt"), suite: str = releases.DEFAULT) -> Mirrors:
+    """Mirrors for suite and suite-security as the machine's apt uses them.
+
+    A machine lists the suites of its own release only: for another release the
+    mirror that serves any known Debian suite is used (one archive holds them all).
+    """
     entries: list[tuple[str, list[str]]] = []
     main_list = etc_apt / "sources.list"
     if main_list.is_file():
@@ -78,14 +84,19 @@ def machine_mirrors(etc_apt: Path = Path("/etc/apt")) -> Mirrors:
                 entries += _one_line_entries(path.read_text(errors="replace"))
             elif path.suffix == ".sources":
                 entries += _deb822_entries(path.read_text(errors="replace"))
-    debian = security = None
-    for uri, suites in entries:
-        uri = uri.rstrip("/")
-        if debian is None and SUITE in suites:
-            debian = uri
-        if security is None and f"{SUITE}-security" in suites:
-            security = uri
-    return Mirrors(debian or DEFAULT_MIRROR, security or DEFAULT_SECURITY_MIRROR)
+    known = [suite, *(name for name in releases.RELEASES if name != suite)]
+    debian = _first_serving(entries, known)
+    security = _first_serving(entries, [f"{name}-security" for name in known])
+    return Mirrors(debian or DEFAULT_MIRROR, security or DEFAULT_SECURITY_MIRROR, suite)
+
+
+def _first_serving(entries: list[tuple[str, list[str]]], wanted: list[str]) -> str | None:
+    """The URI of the first entry serving wanted[0], else wanted[1], and so on."""
+    for name in wanted:
+        for uri, suites in entries:
+            if name in suites:
+                return uri.rstrip("/")
+    return None
 
 
 def machine_apt_options() -> list[str]:

@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 
-from . import cleanup, deps, host, image, snapshots
+from . import cleanup, deps, host, image, releases, snapshots
 from .errors import CommandError, HarnessError
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    made = host.create_host(args.name, from_snapshot=args.from_snapshot, timeout=args.timeout)
+    made = host.create_host(
+        args.name, from_snapshot=args.from_snapshot, release=args.release, timeout=args.timeout
+    )
     print(made.ssh_line())
     print(made.http_url)
     return 0
@@ -52,7 +54,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         status = item.status()
         memory = f"{item.memory_usage() / 2**20:.0f} MiB" if status == "running" else "-"
         print(
-            f"{item.name:<24} {status:<8} ssh 127.0.0.1:{item.ssh_port:<5} "
+            f"{item.name:<24} {item.release:<9} {status:<8} ssh 127.0.0.1:{item.ssh_port:<5} "
             f"http 127.0.0.1:{item.http_port:<5} mem {memory}"
         )
     return 0
@@ -100,8 +102,8 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 
 def _cmd_image(args: argparse.Namespace) -> int:
     deps.ensure_ready(build=False)
-    image.build_image(rebuild=args.rebuild)
-    print(image.ensure_base())
+    image.build_image(args.release, rebuild=args.rebuild)
+    print(image.ensure_base(args.release))
     return 0
 
 
@@ -117,13 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m testhosts",
         description=(
-            "Disposable Debian 12 test hosts (systemd-nspawn, systemd as PID 1, "
+            "Disposable Debian test hosts (systemd-nspawn, systemd as PID 1, "
             "real ssh on a loopback port). State lives in $EEP_TESTHOSTS_DIR "
             "(default /var/lib/eep-testhosts). Needs root."
         ),
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    release_help = f"Debian release (default {releases.DEFAULT})"
 
     def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text, description=help_text)
@@ -133,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = add("up", _cmd_up, "create and boot a host; print its ssh line and http URL")
     up.add_argument("name", help="host name (hostname too): a-z, 0-9, '-'")
     up.add_argument("--from-snapshot", metavar="S", help="boot from snapshot S")
+    up.add_argument("--release", choices=sorted(releases.RELEASES), help=release_help)
     up.add_argument("--timeout", type=float, default=60, help="boot timeout, s")
 
     down = add("down", _cmd_down, "destroy a host and everything it left")
@@ -166,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     clean = add("cleanup", _cmd_cleanup, "remove leftovers of crashed runs")
     clean.add_argument("--all", action="store_true", help="also destroy every existing host")
 
-    img = add("image", _cmd_image, "build the Debian 12 image if missing")
+    img = add("image", _cmd_image, "build a release's image if missing")
     img.add_argument("--rebuild", action="store_true", help="build it anew")
+    img.add_argument("--release", choices=sorted(releases.RELEASES), help=release_help)
     return parser
 
 

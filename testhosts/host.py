@@ -1,4 +1,4 @@
-"""Disposable Debian 12 hosts: systemd-nspawn guests reachable over real ssh."""
+"""Disposable Debian hosts: systemd-nspawn guests reachable over real ssh."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import cgroups, deps, guest, image, locks, network, procs, snapshots
+from . import cgroups, deps, guest, image, locks, network, procs, releases, snapshots
 from .errors import CommandError, HarnessError
 from .paths import check_host_name, netns_name, state_dir
 
@@ -89,9 +89,9 @@ class BootError(HarnessError):
 
 
 class Host:
-    """A running (or stopped) disposable Debian 12 test host.
+    """A running (or stopped) disposable Debian test host.
 
-    Attributes: name, ssh_port, http_port, key_path (root's private key),
+    Attributes: name, release (Debian codename), ssh_port, http_port, key_path (root's private key),
     known_hosts_path (pins this host's ed25519 key for [127.0.0.1]:ssh_port),
     rootfs (the guest's root tree as seen from the machine), dir (state dir).
     """
@@ -100,6 +100,8 @@ class Host:
         self.dir = host_dir
         self._state = state
         self.name: str = state["name"]
+        # Hosts made before there was a choice ran the default release.
+        self.release: str = state.get("release") or releases.DEFAULT
         self.ssh_port: int = state["ssh_port"]
         self.http_port: int = state["http_port"]
         self.netns: str = state["netns"]
@@ -113,7 +115,10 @@ class Host:
         self._runner: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
-        return f"Host({self.name!r}, ssh_port={self.ssh_port}, http_port={self.http_port})"
+        return (
+            f"Host({self.name!r}, release={self.release!r}, ssh_port={self.ssh_port},"
+            f" http_port={self.http_port})"
+        )
 
     # ---- ssh -----------------------------------------------------------------
 
@@ -483,20 +488,26 @@ def create_host(
     name: str,
     *,
     from_snapshot: str | None = None,
+    release: str | None = None,
     timeout: float = 60,
     owner_pid: int | None = None,
 ) -> Host:
     """Create and boot a host; return once ssh answers and systemd is up.
 
     from_snapshot: boot from a snapshot's disk state instead of the fresh image.
+    release: the Debian codename of the fresh image (default: bookworm); a
+    snapshot keeps the release of the host it was taken from.
     owner_pid: the host belongs to this process; cleanup_leftovers() removes
     it once that process is gone (the pytest plugin passes its own pid).
     """
     check_host_name(name)
+    distro = releases.get_release(release)
+    if from_snapshot is not None and release is not None:
+        raise HarnessError("a host from a snapshot runs the snapshot's release: give one, not both")
     deps.ensure_ready()
     layout = state_dir()
     started = time.monotonic()
-    base = image.ensure_base() if from_snapshot is None else None
+    base = image.ensure_base(distro.codename) if from_snapshot is None else None
     key_path, pubkey = root_key()
     keys = guest.HostKeyJob(f"root@{name}")
     host_dir = layout.host_dir(name)
@@ -512,9 +523,14 @@ def create_host(
             layers: list[Path] = []
             if from_snapshot is not None:
                 layers, base = snapshots.layers_of(from_snapshot)
+                distro = releases.get_release(_release_of(base))
+            elif base is not None and not base.is_dir():
+                # Removed meanwhile by a cleanup that saw no host using it.
+                base = image.ensure_base(distro.codename)
             assert base is not None
             state = {
                 "name": name,
+                "release": distro.codename,
                 "netns": netns_name(name),
                 "base": str(base),
                 "layers": [str(p) for p in layers],
@@ -572,6 +588,13 @@ def create_host(
         raise
     log.info("host %s: up in %.1f s (%s)", name, time.monotonic() - started, system_state)
     return host
+
+
+def _release_of(base: Path) -> str:
+    """The release a base was unpacked from: image.base_id() prefixes the names of
+    bases of every release but the default one with its codename."""
+    prefix = base.name.split("-", 1)[0]
+    return prefix if prefix in releases.RELEASES else releases.DEFAULT
 
 
 def _keep_failed_log(path: Path) -> Path | None:

@@ -1,4 +1,5 @@
-"""The Debian 12 base image: an mmdebstrap tar, cached, unpacked once per machine.
+"""The base image of each Debian release: an mmdebstrap tar, cached, unpacked once
+per machine.
 
 Hosts never write to the unpacked base: each host mounts an overlayfs with its
 own upper directory on top of it.
@@ -9,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
-from . import aptsources, guest, locks, network
+from . import aptsources, guest, locks, network, releases
 from .errors import HarnessError
 from .paths import StateDir, state_dir
 
@@ -31,10 +33,11 @@ INCLUDES = (
     "procps",
     "curl",
 )
-IMAGE_NAME = "bookworm-minbase.tar"
 # Bump when prepare_base() changes, so existing machines unpack a fresh base.
 PREPARE_VERSION = 1
 MACHINE_CA_DIR = Path("/usr/local/share/ca-certificates")
+# mmdebstrap checks the archive with the machine's debian-archive-keyring.
+KEYRINGS = Path("/usr/share/keyrings")
 
 KEEP_DEBS_CONF = """\
 // Written by the eep test-host harness: keep downloaded .deb files, so the
@@ -44,27 +47,35 @@ Binary::apt::APT::Keep-Downloaded-Packages "true";
 """
 
 
-def image_path(layout: StateDir | None = None) -> Path:
-    return (layout or state_dir()).image_dir / IMAGE_NAME
+def image_path(release: str, layout: StateDir | None = None) -> Path:
+    return (layout or state_dir()).image_dir / f"{release}-minbase.tar"
 
 
-def image_meta(layout: StateDir | None = None) -> dict | None:
-    meta = (layout or state_dir()).image_dir / "image.json"
+def meta_path(release: str, layout: StateDir | None = None) -> Path:
+    # The default release keeps the name it had when it was the only image, so a
+    # machine's cached image (and the bases unpacked from it) stay in use.
+    name = "image.json" if release == releases.DEFAULT else f"{release}-minbase.json"
+    return (layout or state_dir()).image_dir / name
+
+
+def image_meta(release: str, layout: StateDir | None = None) -> dict | None:
     try:
-        return json.loads(meta.read_text())
+        return json.loads(meta_path(release, layout).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
-def build_image(rebuild: bool = False) -> dict:
-    """Build (or with rebuild=True, replace) the cached image tar; return its meta."""
+def build_image(release: str | None = None, rebuild: bool = False) -> dict:
+    """Build (or with rebuild=True, replace) the cached image tar of a release; return its meta."""
+    distro = releases.get_release(release)
     layout = state_dir()
     with locks.file_lock(layout.image_lock_file):
-        meta = image_meta(layout)
-        target = image_path(layout)
+        meta = image_meta(distro.codename, layout)
+        target = image_path(distro.codename, layout)
         if meta and target.is_file() and not rebuild:
             return meta
-        mirrors = aptsources.machine_mirrors()
+        ensure_archive_key(distro)
+        mirrors = aptsources.machine_mirrors(suite=distro.codename)
         options = aptsources.machine_apt_options()
         tmp = target.with_name(target.name + ".tmp")
         tmp.unlink(missing_ok=True)
@@ -74,12 +85,12 @@ def build_image(rebuild: bool = False) -> dict:
             "--format=tar",
             f"--include={','.join(INCLUDES)}",
             *(f"--aptopt={aptsources.as_aptopt(o)}" for o in options),
-            aptsources.SUITE,
+            distro.codename,
             str(tmp),
             *mirrors.mmdebstrap_sources(),
         ]
-        log_path = layout.logs_dir / "image-build.log"
-        log.info("image: building Debian 12 with mmdebstrap from %s", mirrors.debian)
+        log_path = layout.logs_dir / f"image-build-{distro.codename}.log"
+        log.info("image: building %s with mmdebstrap from %s", distro.title, mirrors.debian)
         started = time.monotonic()
         with open(log_path, "wb") as out:
             result = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
@@ -91,17 +102,36 @@ def build_image(rebuild: bool = False) -> dict:
         tmp.rename(target)
         meta = {
             "id": time.strftime("%Y%m%d%H%M%S"),
+            "release": distro.codename,
             "seconds": round(seconds, 1),
             "bytes": target.stat().st_size,
             "mirror": mirrors.debian,
             "security_mirror": mirrors.security,
             "includes": list(INCLUDES),
         }
-        meta_path = layout.image_dir / "image.json"
-        meta_path.with_suffix(".tmp").write_text(json.dumps(meta, indent=2))
-        meta_path.with_suffix(".tmp").rename(meta_path)
+        final = meta_path(distro.codename, layout)
+        final.with_suffix(".tmp").write_text(json.dumps(meta, indent=2))
+        final.with_suffix(".tmp").rename(final)
         log.info("image: built in %.1f s (%d MB)", seconds, meta["bytes"] // 1_000_000)
         return meta
+
+
+def ensure_archive_key(distro: releases.Release, keyrings: Path = KEYRINGS) -> None:
+    """The machine's keyring must hold the release's archive key: Debian 12's has trixie's
+    from 2023.3+deb12u2 on (a stable update), so an older one is upgraded once."""
+    key = keyrings / f"debian-archive-{distro.codename}-automatic.gpg"
+    if key.is_file():
+        return
+    log.info("image: %s has no key of %s, upgrading debian-archive-keyring", keyrings, distro.title)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    upgrade = ["apt-get", "install", "-y", "-q", "debian-archive-keyring"]
+    for command in (["apt-get", "update", "-q"], upgrade):
+        subprocess.run(command, capture_output=True, env=env, stdin=subprocess.DEVNULL)
+    if not key.is_file():
+        raise HarnessError(
+            f"no archive key of {distro.title} on this machine ({key} is missing, also after"
+            " upgrading debian-archive-keyring): install a debian-archive-keyring that has it"
+        )
 
 
 def _machine_cas() -> list[Path]:
@@ -112,19 +142,22 @@ def _machine_cas() -> list[Path]:
 
 def base_id(meta: dict) -> str:
     """Names an unpacked base: image plus everything machine-specific put into it."""
+    release = meta.get("release", releases.DEFAULT)
     digest = hashlib.sha256()
-    mirrors = aptsources.machine_mirrors()
+    mirrors = aptsources.machine_mirrors(suite=release)
     parts = [mirrors.sources_list(), *aptsources.machine_apt_options()]
     for ca in _machine_cas():
         parts += [ca.name, ca.read_text(errors="replace")]
     for part in parts:
         digest.update(part.encode() + b"\0")
-    return f"{meta['id']}-p{PREPARE_VERSION}-{digest.hexdigest()[:10]}"
+    name = f"{meta['id']}-p{PREPARE_VERSION}-{digest.hexdigest()[:10]}"
+    # Other releases are named in full; the default one keeps its existing bases' names.
+    return name if release == releases.DEFAULT else f"{release}-{name}"
 
 
-def prepare_base(root: Path) -> None:
+def prepare_base(root: Path, release: str) -> None:
     """Machine-specific setup of a freshly unpacked image tree."""
-    mirrors = aptsources.machine_mirrors()
+    mirrors = aptsources.machine_mirrors(suite=release)
     guest.remove_files(root, "etc/ssh", "ssh_host_")
     conf_dir = root / "etc/apt/apt.conf.d"
     for name in ("docker-clean",):
@@ -158,11 +191,12 @@ def prepare_base(root: Path) -> None:
             )
 
 
-def ensure_base() -> Path:
-    """Build the image if needed and return the unpacked, prepared base tree."""
+def ensure_base(release: str | None = None) -> Path:
+    """Build the release's image if needed and return the unpacked, prepared base tree."""
+    distro = releases.get_release(release)
     layout = state_dir()
     with locks.file_lock(layout.image_lock_file):
-        meta = build_image()
+        meta = build_image(distro.codename)
         base = layout.bases_dir / base_id(meta)
         if base.is_dir():
             return base
@@ -175,7 +209,7 @@ def ensure_base() -> Path:
         result = subprocess.run(
             [
                 "tar", "-C", str(tmp), "--numeric-owner", "--xattrs",
-                "--xattrs-include=*", "-xpf", str(image_path(layout)),
+                "--xattrs-include=*", "-xpf", str(image_path(distro.codename, layout)),
             ],
             capture_output=True,
             text=True,
@@ -183,16 +217,16 @@ def ensure_base() -> Path:
         if result.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
             raise HarnessError(f"unpacking the image failed: {result.stderr.strip()}")
-        prepare_base(tmp)
+        prepare_base(tmp, distro.codename)
         tmp.rename(base)
         log.info("image: base ready in %.1f s", time.monotonic() - started)
         return base
 
 
-def current_base() -> Path | None:
-    """The base new hosts would use, if it exists already."""
+def current_base(release: str | None = None) -> Path | None:
+    """The base new hosts of a release would use, if it exists already."""
     layout = state_dir()
-    meta = image_meta(layout)
+    meta = image_meta(releases.get_release(release).codename, layout)
     if meta is None:
         return None
     base = layout.bases_dir / base_id(meta)
@@ -200,13 +234,13 @@ def current_base() -> Path | None:
 
 
 def remove_unused_bases(keep: set[Path]) -> list[Path]:
-    """Delete unpacked bases not in keep (nor the current one); return them."""
+    """Delete unpacked bases not in keep (nor the current one of a release); return them."""
     layout = state_dir()
-    current = current_base()
+    current = {current_base(release) for release in releases.RELEASES}
     removed = []
     with locks.file_lock(layout.image_lock_file):
         for path in layout.bases_dir.iterdir():
-            if path == current or path in keep:
+            if path in current or path in keep:
                 continue
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)

@@ -1,10 +1,11 @@
-"""pytest fixtures for disposable Debian 12 test hosts.
+"""pytest fixtures for disposable Debian test hosts.
 
 Fixtures:
 - testhosts_ready (session): checks preconditions, installs host packages,
   builds the image, and removes leftovers of crashed runs, once per session.
-- testhost_factory (function): make(name_prefix, from_snapshot=None) -> Host;
-  every host it made is destroyed when the test ends.
+- testhost_factory (function): make(name_prefix, from_snapshot=None,
+  release=None) -> Host (release: a Debian codename, default bookworm); every
+  host it made is destroyed when the test ends.
 - testhost_factory_module (module): the same, destroyed after the module.
 - session_testhost (session): one Host shared by the whole session.
 
@@ -54,11 +55,16 @@ class _Factory:
         self.hosts: list[Host] = []
 
     def __call__(
-        self, name_prefix: str = "t", from_snapshot: str | None = None, timeout: float = 90
+        self,
+        name_prefix: str = "t",
+        from_snapshot: str | None = None,
+        timeout: float = 90,
+        release: str | None = None,
     ) -> Host:
         host = create_host(
             unique_name(name_prefix),
             from_snapshot=from_snapshot,
+            release=release,
             timeout=timeout,
             owner_pid=os.getpid(),
         )

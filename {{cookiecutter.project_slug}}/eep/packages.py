@@ -1,4 +1,4 @@
-"""System facts and Debian packages: the host must be Debian/Ubuntu with the answered Python."""
+"""System facts and Debian packages: a release eep knows, with the answered Python."""
 
 from __future__ import annotations
 
@@ -34,25 +34,54 @@ READS = [OS_RELEASE, PYTHON_VERSION, PACKAGE_STATES]
 READS += [query for service in SERVICES for query in service_state(service)]
 
 
+# The releases eep knows (ID and VERSION_ID of /etc/os-release) and the python3 each
+# ships: uWSGI's python3 plugin is built for it, so a tree provisions only the release
+# its python_version answers. Debian 12 and 13 are tested on every change; Ubuntu
+# 24.04 has the same packages and is expected to work, but nothing tests it.
+RELEASES = {
+    ("debian", "12"): "3.11",
+    ("debian", "13"): "3.13",
+    ("ubuntu", "24.04"): "3.12",
+}
+UNTESTED = {("ubuntu", "24.04")}
+
+
+def known_release(os_release: str) -> tuple[str, str]:
+    """(PRETTY_NAME, its python3 version) of a release eep knows; HostError otherwise."""
+    fields = {
+        key: value.strip().strip("\"'")
+        for key, _, value in (line.partition("=") for line in os_release.splitlines())
+        if value and not key.startswith("#")
+    }
+    name = fields.get("PRETTY_NAME") or "an unknown system"
+    release = (fields.get("ID", ""), fields.get("VERSION_ID", ""))
+    if release not in RELEASES:
+        known = ", ".join(f"{distro.title()} {version}" for distro, version in RELEASES)
+        raise HostError(f"the host runs {name}, a release eep does not know (it knows {known})")
+    if RELEASES[release] != app.PYTHON_VERSION:
+        raise HostError(
+            f"the host runs {name}, whose python3 is {RELEASES[release]}; this tree was made"
+            f" for {app.PYTHON_VERSION} (re-bake with python_version={RELEASES[release]})"
+        )
+    if release in UNTESTED:
+        name += " (expected to work, untested)"
+    return name, RELEASES[release]
+
+
 def check_system(remote: Remote, report: Report) -> bool:
-    """Refuse hosts that are not Debian/Ubuntu or whose Python differs from the answered one.
+    """Refuse, before any change, a host whose release eep does not know or whose Python
+    differs from the answered one (also when python3 is not installed yet).
 
     Returns whether python3 is installed yet.
     """
     os_release = remote.run(OS_RELEASE, check=False, changes=False).stdout
-    fields = dict(
-        line.split("=", 1) for line in os_release.splitlines() if "=" in line and line[0] != "#"
-    )
-    ids = {fields.get("ID", "").strip('"')} | set(fields.get("ID_LIKE", "").strip('"').split())
-    name = fields.get("PRETTY_NAME", "unknown system").strip('"')
-    if not ids & {"debian", "ubuntu"}:
-        raise HostError(f"the host runs {name}, not Debian or Ubuntu")
+    name, python = known_release(os_release)
     found = remote.run(PYTHON_VERSION, check=False, changes=False)
     version = found.stdout.strip()
-    if found.exited == 0 and version != app.PYTHON_VERSION:
+    if found.exited == 0 and version != python:
         raise HostError(
-            f"the host's python3 is {version}, this tree was made for {app.PYTHON_VERSION}"
-            " (re-bake with the host's python_version)"
+            f"the host's python3 is {version}, not the {python} of its release;"
+            " eep provisions only the release's own python3"
         )
     report.unchanged("system", f"{name}, python3 {version or 'not installed yet'}")
     return found.exited == 0
