@@ -28,7 +28,10 @@ def dist(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> BakedTree:
-    return bake_tree(tmp_path_factory.mktemp("trees"), SLUG, python_version="3.13")
+    # With the database: PostgreSQL 17 and its pg_hba.conf where Debian 13 puts them.
+    return bake_tree(
+        tmp_path_factory.mktemp("trees"), SLUG, python_version="3.13", database="postgresql"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +137,10 @@ def test_the_audit_passes_as_root_and_as_the_deploy_account(tree, host):
     spec = f"root@127.0.0.1:{host.ssh_port}"
     as_root = tree.invoke("audit", "--host", spec, "--identity", str(host.key_path))
     assert as_root.returncode == 0, as_root.stdout + as_root.stderr
-    assert re.search(r"audit: 10 passed, 0 failed$", as_root.stdout, re.M), as_root.stdout
+    assert re.search(r"audit: 11 passed, 0 failed$", as_root.stdout, re.M), as_root.stdout
     as_deploy = deploy(tree, host, "audit")
     assert as_deploy.returncode == 0, as_deploy.stdout + as_deploy.stderr
-    assert re.search(r"audit: 10 passed, 0 failed$", as_deploy.stdout, re.M), as_deploy.stdout
+    assert re.search(r"audit: 11 passed, 0 failed$", as_deploy.stdout, re.M), as_deploy.stdout
 
 
 def test_the_app_serves_again_after_a_reboot_and_provisioning_still_changes_nothing(tree, host):
