@@ -141,7 +141,7 @@ def test_acme_server_down_one_line_self_signed_served(tree, host, tmp_path_facto
         tree, host, "deploy", "--release", str(build("v1", tmp_path_factory.mktemp("d")))
     )
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    cert = f"/etc/eep/tls/{SLUG}/self-signed.crt"
+    cert = f"/etc/eep-tls/{SLUG}/self-signed.crt"
     body = curl(host, f"--cacert {cert} -o /dev/null -w '%{{http_code}}' https://{DOMAIN}/health")
     assert body == "200"
     assert host.run(f"test -e {LIVE}", check=False).returncode != 0  # nothing half-written
@@ -180,8 +180,8 @@ def test_status_shows_issuer_and_days_left(tree, host):
 
 def test_keys_and_state_are_roots_alone_and_audit_catches_a_readable_key(tree, host):
     modes = host.run(
-        f"stat -L -c '%U %a %n' {LIVE}/privkey.pem /etc/eep/tls/{SLUG}/key.pem"
-        f" /etc/eep/tls/{SLUG}/self-signed.key /etc/letsencrypt/archive /etc/letsencrypt/live"
+        f"stat -L -c '%U %a %n' {LIVE}/privkey.pem /etc/eep-tls/{SLUG}/key.pem"
+        f" /etc/eep-tls/{SLUG}/self-signed.key /etc/letsencrypt/archive /etc/letsencrypt/live"
         " /etc/letsencrypt/accounts"
     ).stdout.split("\n")
     for line in filter(None, modes):

@@ -39,9 +39,10 @@ if app.DATABASE == "postgresql":
     DIRECTORIES[f"{app.SHARED_DIR}/backups"] = directory(RUNTIME, RUNTIME, 0o700)
 
 if app.TLS != "none":
-    # Certificates and keys nginx serves (eep/tls.py): root's alone.
-    DIRECTORIES["/etc/eep/tls"] = directory("root", "root", 0o700)
-    DIRECTORIES[f"/etc/eep/tls/{app.SLUG}"] = directory("root", "root", 0o700)
+    # Certificates and keys nginx serves (eep/tls.py): root's alone. Not under /etc/eep,
+    # whose entries are the apps' (an app may be called "tls").
+    DIRECTORIES["/etc/eep-tls"] = directory("root", "root", 0o700)
+    DIRECTORIES[f"/etc/eep-tls/{app.SLUG}"] = directory("root", "root", 0o700)
     # The ACME client's webroot: root writes challenge tokens, nginx (www-data) reads them.
     DIRECTORIES["/var/lib/eep-acme"] = directory("root", "root", 0o755)
     DIRECTORIES[f"/var/lib/eep-acme/{app.SLUG}"] = directory("root", "root", 0o755)

@@ -14,7 +14,7 @@ from eep import app
 from eep.remote import HostError, Remote
 from eep.report import Report
 
-TLS_DIR = f"/etc/eep/tls/{app.SLUG}"
+TLS_DIR = f"/etc/eep-tls/{app.SLUG}"
 CERT, KEY = f"{TLS_DIR}/cert.pem", f"{TLS_DIR}/key.pem"
 SELF_SIGNED = (f"{TLS_DIR}/self-signed.crt", f"{TLS_DIR}/self-signed.key")
 ACME_LIVE = f"/etc/letsencrypt/live/{app.SLUG}"
