@@ -65,10 +65,11 @@ def worker():
     while time.monotonic() < deadline:
         try:
             conn = http.client.HTTPSConnection(name, 443, timeout=10, context=context)
+            conn.connect()  # the certificate now: a closing worker's answer drops the socket
+            serial = conn.sock.getpeercert()["serialNumber"]
             conn.request("GET", "/health")
             response = conn.getresponse()
             response.read()
-            serial = conn.sock.getpeercert()["serialNumber"]
             conn.close()
             ok, detail = response.status == 200, response.status
         except Exception as error:
