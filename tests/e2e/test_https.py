@@ -233,3 +233,22 @@ def test_after_a_reboot_https_is_back_and_renewal_scheduled(host):
             break
         time.sleep(0.5)
     assert code == "200"
+
+
+def test_self_signed_mode_serves_https_and_redirects(testhost_factory_module, tmp_path_factory):
+    other = "selfs"
+    tree = bake_tree(tmp_path_factory.mktemp("selfs"), other, tls="self-signed")
+    host = testhost_factory_module(other)
+    host.run(f"echo '127.0.0.1 {other}.example.com' >> /etc/hosts")
+    done = tree.provision(host)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "certificate: now in use: self-signed" in done.stdout
+    assert "certbot" not in done.stdout
+    cert = f"/etc/eep-tls/{other}/self-signed.crt"
+    page = curl(host, f"--cacert {cert} -i https://{other}.example.com/")
+    assert page.startswith("HTTP/2 503") and "No release deployed yet" in page, page
+    assert "strict-transport-security" not in page.lower()  # hsts: n
+    redirect = curl(host, f"-o /dev/null -w '%{{http_code}}' http://{other}.example.com/")
+    assert redirect == "301"
+    again = tree.provision(host)
+    assert again.returncode == 0 and " 0 changed" in again.stdout, again.stdout
