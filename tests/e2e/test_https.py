@@ -173,6 +173,34 @@ def test_http_redirects_except_the_challenge_path(host):
     host.run(f"rm -f {token}")
 
 
+def test_a_failing_challenge_is_one_line_and_the_site_keeps_being_served(host, tmp_path_factory):
+    # A second app on the host whose name does not resolve: Pebble cannot validate it.
+    other = "nodns"
+    tree = bake_tree(
+        tmp_path_factory.mktemp("nodns"),
+        other,
+        tls="acme",
+        acme_directory="https://localhost:14000/dir",
+    )
+    done = tree.provision(host)
+    assert done.returncode != 0
+    failed = [line for line in (done.stdout + done.stderr).splitlines() if "FAILED:" in line]
+    assert len(failed) == 1, done.stdout + done.stderr
+    assert "the ACME server did not issue a certificate" in failed[0]
+    assert host.run(f"test -e /etc/letsencrypt/live/{other}", check=False).returncode != 0
+    cert = f"/etc/eep-tls/{other}/self-signed.crt"
+    served = curl(
+        host,
+        f"--cacert {cert} --resolve {other}.example.com:443:127.0.0.1 -o /dev/null"
+        f" -w '%{{http_code}}' https://{other}.example.com/",
+    )
+    assert served == "503"  # nginx over TLS with the self-signed pair; no release yet
+    first = curl(
+        host, f"--cacert {ROOT_PEM} -o /dev/null -w '%{{http_code}}' https://{DOMAIN}/health"
+    )
+    assert first == "200"
+
+
 def test_status_shows_issuer_and_days_left(tree, host):
     status = app(tree, host, "status")
     assert status.returncode == 0, status.stdout + status.stderr
