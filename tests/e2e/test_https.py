@@ -208,7 +208,7 @@ def test_status_shows_issuer_and_days_left(tree, host):
     assert "Pebble" in line and "days left" in line and "self-signed" not in line, line
 
 
-def test_keys_and_state_are_roots_alone_and_audit_catches_a_readable_key(tree, host):
+def test_keys_and_state_are_roots_alone_audit_catches_a_readable_key_and_no_renewal(tree, host):
     modes = host.run(
         f"stat -L -c '%U %a %n' {LIVE}/privkey.pem /etc/eep-tls/{SLUG}/key.pem"
         f" /etc/eep-tls/{SLUG}/self-signed.key /etc/letsencrypt/archive /etc/letsencrypt/live"
@@ -227,6 +227,13 @@ def test_keys_and_state_are_roots_alone_and_audit_catches_a_readable_key(tree, h
         host.run(f"chmod 600 $(readlink -f {LIVE}/privkey.pem)")
     assert failed.returncode != 0
     assert "FAIL  TLS keys root's alone" in failed.stdout and "644" in failed.stdout
+    host.run("systemctl disable certbot.timer")
+    try:
+        unscheduled = audit_as_root(tree, host)
+    finally:
+        host.run("systemctl enable certbot.timer")
+    assert unscheduled.returncode != 0
+    assert "FAIL  certificate renewal scheduled: certbot.timer is disabled" in unscheduled.stdout
 
 
 def test_forced_renewal_under_load_fails_no_request(host):
