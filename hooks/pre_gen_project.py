@@ -61,6 +61,8 @@ CHOICES = {
     "python_version": ("3.11", "3.12", "3.13"),
     "use_celery": ("y", "n"),
     "celery_beat": ("n", "y"),
+    "tls": ("none", "self-signed", "acme"),
+    "hsts": ("n", "y"),
     "database": ("none", "postgresql"),
 }
 # With database=postgresql the slug also names a PostgreSQL role and database: PostgreSQL
@@ -235,6 +237,21 @@ def _check_choice(name: str) -> Callable[[str], None]:
     return check
 
 
+# tls=acme: the ACME directory is fetched over HTTPS (verified), the contact is an address.
+ACME_URL_RE = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?")
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+
+
+def check_acme_directory(value: str) -> None:
+    if not ACME_URL_RE.fullmatch(value):
+        raise Refused(f"{value!r} is not an https:// URL (the ACME server's directory)")
+
+
+def check_acme_email(value: str) -> None:
+    if value and not EMAIL_RE.fullmatch(value):
+        raise Refused(f"{value!r} is not an email address (or leave it empty)")
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
     "project_name": check_project_name,
     "project_slug": check_project_slug,
@@ -243,6 +260,8 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "celery_app": check_celery_app,
     "deploy_ssh_key": check_deploy_ssh_key,
     "web_root": check_web_root,
+    "acme_directory": check_acme_directory,
+    "acme_email": check_acme_email,
     **{name: _check_int(name) for name in RANGES},
     **{name: _check_choice(name) for name in CHOICES},
 }
@@ -253,6 +272,8 @@ def validate(answers: dict[str, object]) -> list[str]:
     errors = []
     for field, check in CHECKS.items():
         if field == "celery_app" and answers.get("use_celery") != "y":
+            continue
+        if field.startswith("acme_") and answers.get("tls") != "acme":
             continue
         value = answers.get(field, "")
         try:

@@ -69,6 +69,8 @@ def test_validate_skips_celery_app_without_celery(ssh_keys):
         uwsgi_max_requests="0",
         uwsgi_listen="100",
         database="none",
+        tls="none",
+        hsts="n",
     )
     assert pre.validate(answers) == []
     assert pre.validate({**answers, "use_celery": "y"}) == [
@@ -152,3 +154,29 @@ def test_system_directories_are_refused_as_web_root(web_root):
 @pytest.mark.parametrize("web_root", ["/srv", "/srv/apps", "/var/www", "/var/www/apps", "/opt"])
 def test_known_safe_web_roots_are_accepted(web_root):
     pre.check_web_root(web_root)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "refused"),
+    [
+        ("acme_directory", "https://acme-v02.api.letsencrypt.org/directory", False),
+        ("acme_directory", "https://localhost:14000/dir", False),
+        ("acme_directory", "http://acme.example.org/directory", True),
+        ("acme_directory", "https://x.org/dir; rm -rf /", True),
+        ("acme_email", "", False),
+        ("acme_email", "ops@shop.example.com", False),
+        ("acme_email", "ops at shop", True),
+        ("acme_email", "a@b.org --staging", True),
+    ],
+)
+def test_acme_answers_are_checked_only_with_tls_acme(field, value, refused):
+    answers = {"tls": "acme", "hsts": "n", field: value}
+    errors = [line for line in pre.validate(answers) if line.startswith(field)]
+    assert bool(errors) == refused, errors
+    assert not [line for line in pre.validate({**answers, "tls": "none"}) if "acme" in line]
+
+
+def test_tls_and_hsts_are_choices():
+    errors = pre.validate({"tls": "letsencrypt", "hsts": "yes"})
+    assert "tls: 'letsencrypt' must be one of none, self-signed, acme" in errors
+    assert "hsts: 'yes' must be one of n, y" in errors

@@ -32,3 +32,9 @@ LOG_DIR = {{ cookiecutter.__log_dir | tojson }}
 CONF_DIR = {{ cookiecutter.__conf_dir | tojson }}
 SOCKET = f"{RUN_DIR}/web.sock"
 DEPLOY_TRIGGER = f"{RUN_DIR}/deploy"
+
+# HTTPS (eep/tls.py): "none", "self-signed" or "acme" (certbot, renewed by its timer).
+TLS = {{ cookiecutter.tls | tojson }}
+ACME_DIRECTORY = {{ cookiecutter.acme_directory | tojson }}
+ACME_EMAIL = {{ cookiecutter.acme_email | tojson }}
+HSTS = {{ "True" if cookiecutter.hsts == "y" else "False" }}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import paramiko
 
-from eep import app, database
+from eep import app, database, tls
 from eep.accounts import group_members
 from eep.claims import TOP_DIRS, adoption_problems, membership_problems, read_facts
 from eep.files import file_difference
@@ -245,6 +245,43 @@ class Audit:
             return
         self.record(name, database.audit_problems(self.remote))
 
+    def https(self) -> None:
+        """The served certificate has a third of its lifetime left; every key (and the
+        ACME client's state) is root's alone; renewal is scheduled."""
+        text, fresh = tls.describe(self.remote)
+        self.record("certificate served on 443", [] if fresh else [text], text)
+        if not self.as_root:
+            self.record("TLS keys root's alone", [], "not checked (needs root)")
+            return
+        # Keys and certbot's state: any file or directory others (or a group) may read.
+        dirs = [tls.TLS_DIR] + (
+            ["/etc/letsencrypt/archive", "/etc/letsencrypt/live", "/etc/letsencrypt/accounts"]
+            if app.TLS == "acme"
+            else []
+        )
+        found = self.sh(
+            f"find -L {tls.TLS_DIR} -name '*.key' -o -name 'key.pem' 2>/dev/null;"
+            f" find {' '.join(dirs)} -maxdepth 0 2>/dev/null"
+            + (
+                " ; find /etc/letsencrypt/archive -name 'privkey*' 2>/dev/null"
+                if app.TLS == "acme"
+                else ""
+            )
+        ).split()
+        problems = []
+        for path in sorted(set(found)):
+            meta = self.sh(f"stat -L -c '%U %a' {shlex.quote(path)}").split()
+            if len(meta) == 2 and (meta[0] != "root" or int(meta[1], 8) & 0o077):
+                problems.append(f"{path} is {meta[0]} {meta[1]}, not root's alone")
+        self.record("TLS keys root's alone", problems, f"{len(found)} checked")
+        if app.TLS == "acme":
+            state = self.sh(f"systemctl is-enabled {tls.TIMER}").strip()
+            self.record(
+                "certificate renewal scheduled",
+                [] if state == "enabled" else [f"{tls.TIMER} is {state or 'absent'}"],
+                tls.TIMER,
+            )
+
     def run_all(self) -> list[Check]:
         self.processes()
         self.socket()
@@ -258,6 +295,8 @@ class Audit:
         self.host_key()
         if database.ENABLED:
             self.postgresql()
+        if app.TLS != "none":
+            self.https()
         return self.checks
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from eep import app
+from eep import app, tls
 from eep.host.celery import subcommand
 from eep.maintenance import maintenance_state
 from eep.remote import HostError, Remote, Target, known_hosts_path
@@ -115,6 +115,7 @@ def status(spec: str, *, identity: str = "") -> bool:
         ).stdout.split()
         trigger_age = int(ages[0]) - int(ages[1]) if len(ages) == 2 else None
         maintenance = maintenance_state(session)
+        certificate = tls.describe(session.remote) if app.TLS != "none" else None
     for program, state in states.items():
         say(f"program   {program:<24} {state}")
     for role, pid, uptime, memory, command in processes:
@@ -123,6 +124,8 @@ def status(spec: str, *, identity: str = "") -> bool:
     say(f"release   {release}")
     say(f"socket    {app.SOCKET} {socket.strip() or 'MISSING'}")
     say(f"nginx     GET /health on {app.DOMAINS[0]} -> {answer or 'no answer'}")
+    if certificate:
+        say(f"https     {certificate[0]}" + ("" if certificate[1] else " (RENEW SOON)"))
     if maintenance:
         say(f"maintenance {maintenance}: visitors get 503 (`invoke maintenance off` ends it)")
     healthy = all(s == "RUNNING" for s in states.values()) and 0 < answer < 500

@@ -38,6 +38,15 @@ if app.DATABASE == "postgresql":
     # Dumps of the app's database: the app's own data, so the app's and no one else's.
     DIRECTORIES[f"{app.SHARED_DIR}/backups"] = directory(RUNTIME, RUNTIME, 0o700)
 
+if app.TLS != "none":
+    # Certificates and keys nginx serves (eep/tls.py): root's alone. Not under /etc/eep,
+    # whose entries are the apps' (an app may be called "tls").
+    DIRECTORIES["/etc/eep-tls"] = directory("root", "root", 0o700)
+    DIRECTORIES[f"/etc/eep-tls/{app.SLUG}"] = directory("root", "root", 0o700)
+    # The ACME client's webroot: root writes challenge tokens, nginx (www-data) reads them.
+    DIRECTORIES["/var/lib/eep-acme"] = directory("root", "root", 0o755)
+    DIRECTORIES[f"/var/lib/eep-acme/{app.SLUG}"] = directory("root", "root", 0o755)
+
 # Files the app user makes itself (root never writes in shared/): checked when present.
 APP_FILES: dict[str, PathState] = {
     # The settings (`invoke env`, written through as-app): secrets, the app's alone.

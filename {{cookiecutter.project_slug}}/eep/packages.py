@@ -14,6 +14,11 @@ from eep.report import Report, progress
 PACKAGES = ["nginx", "supervisor", "sudo", "uwsgi-core", "uwsgi-plugin-python3", "python3-venv"]
 if app.USE_CELERY:
     PACKAGES.append("redis-server")
+if app.TLS != "none":
+    PACKAGES.append("openssl")  # makes the self-signed certificate
+if app.TLS == "acme":
+    # Debian's certbot: its certbot.timer renews twice a day (eep/tls.py).
+    PACKAGES.append("certbot")
 SERVICES = ["nginx", "supervisor"]
 if app.DATABASE == "postgresql":
     # The distribution's PostgreSQL (Debian 12: 15, Debian 13: 17) and its default cluster.

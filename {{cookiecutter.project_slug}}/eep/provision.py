@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from eep import accounts, claims, database, nginx, packages, supervisor
+from eep import accounts, app, claims, database, nginx, packages, supervisor, tls
 from eep.accounts import ensure_accounts
 from eep.claims import check_claims
 from eep.database import ensure_database
@@ -57,7 +57,10 @@ def provision_host(remote: Remote, report: Report) -> None:
         ensure_absent(remote, report, path)
     ensure_service_settings(remote, report)
     ensure_programs(remote, report, uwsgi_changed=uwsgi_changed, broker_changed=broker_changed)
+    if app.TLS != "none":
+        tls.ensure_self_signed(remote, report)  # before the site: nginx -t reads its links
     ensure_site(remote, report, reload=nginx_groups_changed)
+    tls.ensure_acme(remote, report)  # after: nginx serves the challenge path
 
 
 def _one_host(target: Target, options: dict) -> Report:

@@ -1,0 +1,289 @@
+"""HTTPS with tls=acme, proven offline: Pebble (Debian's ACME test server) runs on the
+app's host itself, the domain resolves to the host through /etc/hosts.
+
+Pebble's own HTTPS listener gets a certificate from a CA made here; that CA goes into the
+host's trust store (test-only), so certbot verifies the directory as it would Let's
+Encrypt's. Pebble's issuing root is fetched from its management endpoint; curl trusts it
+with --cacert. One host for the module; the tests run in order.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+from e2e_support import bake_tree
+from test_deploy import build
+
+pytestmark = pytest.mark.e2e
+
+SLUG = "tls"
+DOMAIN = f"{SLUG}.example.com"
+ROOT_PEM = "/root/pebble-root.pem"  # Pebble's issuing root, as fetched
+LIVE = f"/etc/letsencrypt/live/{SLUG}"
+
+PEBBLE_SETUP = r"""
+set -e
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null
+apt-get install -y -q --no-install-recommends pebble openssl curl ca-certificates >/dev/null
+echo "127.0.0.1 {domain}" >> /etc/hosts
+mkdir -p /etc/pebble && cd /etc/pebble
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -subj /CN=listener-ca -keyout ca.key -out ca.crt 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+  -keyout listener.key -out listener.csr 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > san.ext
+openssl x509 -req -in listener.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
+  -extfile san.ext -out listener.crt 2>/dev/null
+cat > config.json <<EOF
+{{"pebble": {{"listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
+  "certificate": "/etc/pebble/listener.crt", "privateKey": "/etc/pebble/listener.key",
+  "httpPort": 80, "tlsPort": 5001, "ocspResponderURL": "",
+  "externalAccountBindingRequired": false}}}}
+EOF
+cp ca.crt /usr/local/share/ca-certificates/pebble-listener.crt
+update-ca-certificates >/dev/null
+"""
+PEBBLE_START = (
+    "systemd-run --unit pebble -E PEBBLE_VA_NOSLEEP=1 -E PEBBLE_WFE_NONCEREJECT=0"
+    " /usr/bin/pebble -config /etc/pebble/config.json"
+    " && for i in $(seq 50); do curl -sf https://localhost:15000/roots/0 -o /dev/null && break;"
+    " sleep 0.2; done"
+)
+
+# Requests over HTTPS from the host itself, trusting only Pebble's root; one JSON line.
+HTTPS_LOAD = r"""
+import http.client, json, ssl, sys, threading, time
+seconds, concurrency, cafile, name = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+context = ssl.create_default_context(cafile=cafile)
+done, failures, serials, lock = [0], [], set(), threading.Lock()
+deadline = time.monotonic() + seconds
+def worker():
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPSConnection(name, 443, timeout=10, context=context)
+            conn.connect()  # the certificate now: a closing worker's answer drops the socket
+            serial = conn.sock.getpeercert()["serialNumber"]
+            conn.request("GET", "/health")
+            response = conn.getresponse()
+            response.read()
+            conn.close()
+            ok, detail = response.status == 200, response.status
+        except Exception as error:
+            ok, detail, serial = False, repr(error), None
+        with lock:
+            done[0] += 1
+            serials.add(serial)
+            if not ok:
+                failures.append(str(detail))
+threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(json.dumps({"requests": done[0], "failed": len(failures), "failures": failures[:5],
+                  "serials": len(serials - {None})}))
+"""
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return bake_tree(
+        tmp_path_factory.mktemp("trees"),
+        SLUG,
+        tls="acme",
+        acme_directory="https://localhost:14000/dir",
+        acme_email=f"ops@{DOMAIN}",
+        hsts="y",
+    )
+
+
+@pytest.fixture(scope="module")
+def host(testhost_factory_module):
+    host = testhost_factory_module("tls")
+    host.run(PEBBLE_SETUP.format(domain=DOMAIN), timeout=900)
+    return host
+
+
+def app(tree, host, *args: str) -> subprocess.CompletedProcess:
+    login = [
+        "--host",
+        f"{SLUG}-deploy@127.0.0.1:{host.ssh_port}",
+        "--identity",
+        str(tree.deploy_key),
+    ]
+    return tree.invoke(args[0], *login, *args[1:])
+
+
+def audit_as_root(tree, host) -> subprocess.CompletedProcess:
+    spec = f"root@127.0.0.1:{host.ssh_port}"
+    return tree.invoke("audit", "--host", spec, "--identity", str(host.key_path))
+
+
+def curl(host, args: str) -> str:
+    return host.run(f"curl -sS {args}", check=False).stdout
+
+
+def served_serial(host) -> str:
+    return host.run(
+        f"openssl s_client -connect 127.0.0.1:443 -servername {DOMAIN} </dev/null 2>/dev/null"
+        " | openssl x509 -noout -serial"
+    ).stdout.strip()
+
+
+def test_acme_server_down_one_line_self_signed_served(tree, host, tmp_path_factory):
+    done = tree.provision(host)
+    assert done.returncode != 0, done.stdout
+    failed = [line for line in (done.stdout + done.stderr).splitlines() if "FAILED:" in line]
+    assert len(failed) == 1, done.stdout + done.stderr
+    assert "the ACME server did not issue a certificate" in failed[0]
+    assert "served with the self-signed one" in failed[0] and "Connection refused" in failed[0]
+    deployed = app(
+        tree, host, "deploy", "--release", str(build("v1", tmp_path_factory.mktemp("d")))
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    cert = f"/etc/eep-tls/{SLUG}/self-signed.crt"
+    body = curl(host, f"--cacert {cert} -o /dev/null -w '%{{http_code}}' https://{DOMAIN}/health")
+    assert body == "200"
+    assert host.run(f"test -e {LIVE}", check=False).returncode != 0  # nothing half-written
+    status = app(tree, host, "status")
+    assert f"https     issuer CN = {DOMAIN}" in status.stdout and "(self-signed)" in status.stdout
+
+
+def test_rerun_issues_and_serves_the_acme_certificate(tree, host):
+    host.run(PEBBLE_START)
+    host.run(f"curl -sS https://localhost:15000/roots/0 -o {ROOT_PEM}")
+    done = tree.provision(host)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"now in use: ACME ({LIVE})" in done.stdout
+    page = curl(host, f"--cacert {ROOT_PEM} -i https://{DOMAIN}/health")
+    assert page.startswith("HTTP/2 200"), page
+    assert "strict-transport-security: max-age=31536000" in page.lower()
+    again = tree.provision(host)
+    assert again.returncode == 0 and " 0 changed" in again.stdout, again.stdout
+
+
+def test_http_redirects_except_the_challenge_path(host):
+    redirect = curl(host, f"-o /dev/null -w '%{{http_code}} %{{redirect_url}}' http://{DOMAIN}/a?b")
+    assert redirect == f"301 https://{DOMAIN}/a?b"
+    token = f"/var/lib/eep-acme/{SLUG}/.well-known/acme-challenge/probe"
+    host.run(f"mkdir -p $(dirname {token}) && echo token-42 > {token}")
+    assert curl(host, f"http://{DOMAIN}/.well-known/acme-challenge/probe").strip() == "token-42"
+    host.run(f"rm -f {token}")
+
+
+def test_a_failing_challenge_is_one_line_and_the_site_keeps_being_served(host, tmp_path_factory):
+    # A second app on the host whose name does not resolve: Pebble cannot validate it.
+    other = "nodns"
+    tree = bake_tree(
+        tmp_path_factory.mktemp("nodns"),
+        other,
+        tls="acme",
+        acme_directory="https://localhost:14000/dir",
+    )
+    done = tree.provision(host)
+    assert done.returncode != 0
+    failed = [line for line in (done.stdout + done.stderr).splitlines() if "FAILED:" in line]
+    assert len(failed) == 1, done.stdout + done.stderr
+    assert "the ACME server did not issue a certificate" in failed[0]
+    assert host.run(f"test -e /etc/letsencrypt/live/{other}", check=False).returncode != 0
+    cert = f"/etc/eep-tls/{other}/self-signed.crt"
+    served = curl(
+        host,
+        f"--cacert {cert} --resolve {other}.example.com:443:127.0.0.1 -o /dev/null"
+        f" -w '%{{http_code}}' https://{other}.example.com/",
+    )
+    assert served == "503"  # nginx over TLS with the self-signed pair; no release yet
+    first = curl(
+        host, f"--cacert {ROOT_PEM} -o /dev/null -w '%{{http_code}}' https://{DOMAIN}/health"
+    )
+    assert first == "200"
+
+
+def test_status_shows_issuer_and_days_left(tree, host):
+    status = app(tree, host, "status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    line = next(line for line in status.stdout.splitlines() if line.startswith("https"))
+    assert "Pebble" in line and "days left" in line and "self-signed" not in line, line
+
+
+def test_keys_and_state_are_roots_alone_audit_catches_a_readable_key_and_no_renewal(tree, host):
+    modes = host.run(
+        f"stat -L -c '%U %a %n' {LIVE}/privkey.pem /etc/eep-tls/{SLUG}/key.pem"
+        f" /etc/eep-tls/{SLUG}/self-signed.key /etc/letsencrypt/archive /etc/letsencrypt/live"
+        " /etc/letsencrypt/accounts"
+    ).stdout.split("\n")
+    for line in filter(None, modes):
+        owner, mode, path = line.split()
+        assert owner == "root" and int(mode, 8) & 0o077 == 0, line
+    passed = audit_as_root(tree, host)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "PASS  certificate renewal scheduled" in passed.stdout
+    host.run(f"chmod 644 $(readlink -f {LIVE}/privkey.pem)")
+    try:
+        failed = audit_as_root(tree, host)
+    finally:
+        host.run(f"chmod 600 $(readlink -f {LIVE}/privkey.pem)")
+    assert failed.returncode != 0
+    assert "FAIL  TLS keys root's alone" in failed.stdout and "644" in failed.stdout
+    host.run("systemctl disable certbot.timer")
+    try:
+        unscheduled = audit_as_root(tree, host)
+    finally:
+        host.run("systemctl enable certbot.timer")
+    assert unscheduled.returncode != 0
+    assert "FAIL  certificate renewal scheduled: certbot.timer is disabled" in unscheduled.stdout
+
+
+def test_forced_renewal_under_load_fails_no_request(host):
+    before = served_serial(host)
+    load = subprocess.Popen(
+        [*host.ssh_command(), f"python3 - 12 4 {ROOT_PEM} {DOMAIN}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    load.stdin.write(HTTPS_LOAD)
+    load.stdin.close()
+    time.sleep(3)
+    # What certbot.timer runs, forced: the deploy hook reloads nginx.
+    host.run(f"certbot renew --force-renewal --no-random-sleep-on-renew --cert-name {SLUG} -q")
+    stats = json.loads(load.stdout.read().strip().splitlines()[-1])
+    load.wait(timeout=60)
+    assert stats["requests"] > 50 and stats["failed"] == 0, stats
+    assert served_serial(host) != before
+    assert stats["serials"] == 2, stats  # requests were served with the old and the new
+
+
+def test_after_a_reboot_https_is_back_and_renewal_scheduled(host):
+    host.reboot()
+    assert host.run("systemctl is-enabled certbot.timer").stdout.strip() == "enabled"
+    assert host.run("systemctl is-active certbot.timer").stdout.strip() == "active"
+    for _ in range(50):
+        code = curl(
+            host, f"--cacert {ROOT_PEM} -o /dev/null -w '%{{http_code}}' https://{DOMAIN}/health"
+        )
+        if code == "200":
+            break
+        time.sleep(0.5)
+    assert code == "200"
+
+
+def test_self_signed_mode_serves_https_and_redirects(testhost_factory_module, tmp_path_factory):
+    other = "selfs"
+    tree = bake_tree(tmp_path_factory.mktemp("selfs"), other, tls="self-signed")
+    host = testhost_factory_module(other)
+    host.run(f"echo '127.0.0.1 {other}.example.com' >> /etc/hosts")
+    done = tree.provision(host)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "certificate: now in use: self-signed" in done.stdout
+    assert "certbot" not in done.stdout
+    cert = f"/etc/eep-tls/{other}/self-signed.crt"
+    page = curl(host, f"--cacert {cert} -i https://{other}.example.com/")
+    assert page.startswith("HTTP/2 503") and "No release deployed yet" in page, page
+    assert "strict-transport-security" not in page.lower()  # hsts: n
+    redirect = curl(host, f"-o /dev/null -w '%{{http_code}}' http://{other}.example.com/")
+    assert redirect == "301"
+    again = tree.provision(host)
+    assert again.returncode == 0 and " 0 changed" in again.stdout, again.stdout

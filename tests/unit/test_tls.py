@@ -1,0 +1,81 @@
+"""HTTPS logic of the baked tree (eep/tls.py) and its nginx site, without a host."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+SERVED = """issuer=CN = Pebble Intermediate CA 6a5b0c
+notBefore=2026-01-01 00:00:00Z
+notAfter=2026-03-31 00:00:00Z
+"""
+
+
+def in_tree(tree, code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture
+def acme_tree(bake):
+    result = bake(
+        tls="acme",
+        acme_directory="https://acme.example.org/dir",
+        acme_email="ops@shop.example.com",
+        hsts="y",
+    )
+    assert result.exit_code == 0, result.exception
+    return result.project_path
+
+
+def test_served_certificate_is_parsed_and_judged_by_a_third_of_its_lifetime(acme_tree):
+    code = f"""
+import json
+from datetime import datetime, UTC
+from eep import tls
+issuer, start, end = tls.parse_served({SERVED!r})
+early = tls.lifetime_left(start, end, datetime(2026, 1, 31, tzinfo=UTC))
+late = tls.lifetime_left(start, end, datetime(2026, 3, 10, tzinfo=UTC))
+gone = tls.lifetime_left(start, end, datetime(2026, 4, 10, tzinfo=UTC))
+print(json.dumps([issuer, early > 1 / 3, late > 1 / 3, gone, tls.parse_served("")]))
+"""
+    issuer, early_ok, late_ok, gone, nothing = json.loads(in_tree(acme_tree, code))
+    assert issuer == "CN = Pebble Intermediate CA 6a5b0c"
+    assert (early_ok, late_ok, gone, nothing) == (True, False, 0.0, None)
+
+
+def test_certbot_gets_every_name_the_directory_and_the_webroot(acme_tree):
+    command = in_tree(acme_tree, "from eep import tls; print(tls.certbot_command())").split()
+    assert command[:4] == ["certbot", "certonly", "--non-interactive", "--agree-tos"]
+    assert "--server https://acme.example.org/dir" in " ".join(command)
+    assert "-d shop.example.com -d www.shop.example.com" in " ".join(command)
+    assert "--webroot-path /var/lib/eep-acme/shop" in " ".join(command)
+    assert "--email ops@shop.example.com" in " ".join(command)
+    assert "--no-verify-ssl" not in command
+
+
+def test_certbot_failure_comes_down_to_one_line(acme_tree):
+    output = (
+        "Saving debug log to /var/log/letsencrypt/letsencrypt.log\\n"
+        "Certbot failed to authenticate some domains (authenticator: webroot).\\n"
+        "  Domain: shop.example.com\\n  Type:   connection\\n"
+        "  Detail: 127.0.0.1: Fetching http://shop.example.com/.well-known/acme-challenge/x:"
+        " Connection refused\\n\\nHint: ...\\n"
+    )
+    line = in_tree(acme_tree, f"from eep import tls; print(tls.failure_line('{output}'))")
+    assert line.startswith("Detail: 127.0.0.1: Fetching http://shop.example.com/")
+
+
+def test_the_site_serves_https_and_keeps_only_the_challenge_on_port_80(acme_tree):
+    site = (acme_tree / "config" / "nginx.conf").read_text()
+    plain, secure = site.split("listen 443 ssl http2;", 1)
+    assert "location ^~ /.well-known/acme-challenge/" in plain
+    assert "return 301 https://$host$request_uri;" in plain
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in secure and "listen 80" not in secure
+    assert 'Strict-Transport-Security "max-age=31536000" always' in secure

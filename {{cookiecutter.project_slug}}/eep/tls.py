@@ -1,0 +1,156 @@
+"""HTTPS: the certificate nginx serves, self-signed until (with tls=acme) certbot issues one.
+
+nginx reads two links, cert.pem and key.pem in TLS_DIR, which point either at the
+self-signed pair made here or at certbot's live pair. Only root reads or writes any of
+it; certbot renews from its own timer and reloads nginx through its deploy hook.
+"""
+
+from __future__ import annotations
+
+import shlex
+from datetime import UTC, datetime
+
+from eep import app
+from eep.remote import HostError, Remote
+from eep.report import Report
+
+TLS_DIR = f"/etc/eep-tls/{app.SLUG}"
+CERT, KEY = f"{TLS_DIR}/cert.pem", f"{TLS_DIR}/key.pem"
+SELF_SIGNED = (f"{TLS_DIR}/self-signed.crt", f"{TLS_DIR}/self-signed.key")
+ACME_LIVE = f"/etc/letsencrypt/live/{app.SLUG}"
+ACME_PAIR = (f"{ACME_LIVE}/fullchain.pem", f"{ACME_LIVE}/privkey.pem")
+WEBROOT = f"/var/lib/eep-acme/{app.SLUG}"
+TIMER = "certbot.timer"
+# What nginx reloads with after certbot renewed: stored by certbot in its renewal file
+# under /etc/letsencrypt (root's), never a script anyone else can write.
+DEPLOY_HOOK = "systemctl reload nginx"
+
+
+def _links(remote: Remote) -> tuple[str, str]:
+    out = remote.run(f"readlink {CERT}; echo; readlink {KEY}", check=False, changes=False)
+    cert, _, key = out.stdout.partition("\n\n")
+    return cert.strip(), key.strip()
+
+
+def _point_links(remote: Remote, report: Report, pair: tuple[str, str], what: str) -> bool:
+    """cert.pem and key.pem -> `pair`; whether they changed."""
+    if _links(remote) == pair:
+        report.unchanged("certificate", f"in use: {what}")
+        return False
+    if report.change("certificate", f"now in use: {what}"):
+        remote.run(f"ln -sfn {pair[0]} {CERT} && ln -sfn {pair[1]} {KEY}")
+    return True
+
+
+def ensure_self_signed(remote: Remote, report: Report) -> None:
+    """The self-signed pair (made once, by root, the key 0600) and, when no ACME certificate
+    is in use yet, the links to it: the site is served over HTTPS from the first provision."""
+    cert, key = SELF_SIGNED
+    if remote.run(f"test -s {cert} -a -s {key}", check=False, changes=False).exited == 0:
+        report.unchanged("self-signed certificate", cert)
+    elif report.change("self-signed certificate", f"made {cert}"):
+        names = ",".join(f"DNS:{name}" for name in app.DOMAINS)
+        # Written beside and renamed: never a half-written pair.
+        remote.run(
+            "umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+            f" -days 3650 -subj /CN={app.DOMAINS[0]} -addext subjectAltName={names}"
+            f" -keyout {key}.new -out {cert}.new 2>/dev/null"
+            f" && mv -f {key}.new {key} && mv -f {cert}.new {cert}"
+        )
+    if app.TLS == "acme" and _links(remote)[0] == ACME_PAIR[0]:
+        return
+    _point_links(remote, report, SELF_SIGNED, "self-signed")
+
+
+def certbot_command() -> str:
+    domains = " ".join(f"-d {shlex.quote(name)}" for name in app.DOMAINS)
+    contact = f"--email {shlex.quote(app.ACME_EMAIL)}" if app.ACME_EMAIL else ""
+    contact = contact or "--register-unsafely-without-email"
+    return (
+        f"certbot certonly --non-interactive --agree-tos {contact}"
+        f" --server {shlex.quote(app.ACME_DIRECTORY)} --cert-name {app.SLUG}"
+        f" --webroot --webroot-path {WEBROOT} {domains}"
+        f" --deploy-hook {shlex.quote(DEPLOY_HOOK)}"
+    )
+
+
+def failure_line(output: str) -> str:
+    """The one line of certbot's output that says why it failed."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for marker in ("Detail:", "Error:", "Failed to", "Max retries", "Connection"):
+        found = [line for line in lines if marker in line]
+        if found:
+            return found[0][:200]
+    return (lines[-1] if lines else "no output")[:200]
+
+
+def ensure_acme(remote: Remote, report: Report) -> None:
+    """After nginx serves the challenge path: a certificate issued once, then renewed by
+    certbot.timer; nginx switched to it and reloaded."""
+    if app.TLS != "acme" or report.check:
+        return
+    timer = remote.run(f"systemctl is-enabled {TIMER}", check=False, changes=False)
+    if timer.stdout.strip() == "enabled":
+        report.unchanged(f"renewal {TIMER}", "enabled")
+    elif report.change(f"renewal {TIMER}", "enabled"):
+        remote.run(f"systemctl enable --now {TIMER}")
+    have = remote.run(f"test -s {ACME_PAIR[0]}", check=False, changes=False).exited == 0
+    if have:
+        report.unchanged("acme certificate", ACME_LIVE)
+    elif report.change("acme certificate", f"issuing from {app.ACME_DIRECTORY}"):
+        done = remote.run(certbot_command() + " 2>&1", check=False)
+        if done.exited != 0:
+            raise HostError(
+                "the ACME server did not issue a certificate; the site keeps being served"
+                f" with the self-signed one (re-run provision to retry): {failure_line(done.stdout)}"
+            )
+    if _point_links(remote, report, ACME_PAIR, f"ACME ({ACME_LIVE})"):
+        test = remote.run("nginx -t", check=False)
+        if test.exited != 0:
+            remote.run(f"ln -sfn {SELF_SIGNED[0]} {CERT} && ln -sfn {SELF_SIGNED[1]} {KEY}")
+            raise HostError("nginx -t refused the ACME certificate; the self-signed one is kept")
+        remote.run("systemctl reload nginx")
+        report.change("nginx", "reloaded with the ACME certificate")
+
+
+# -- reading the certificate nginx serves (status and audit) ----------------------------
+
+SERVED = (
+    f"openssl s_client -connect 127.0.0.1:443 -servername {app.DOMAINS[0]} </dev/null"
+    " 2>/dev/null | openssl x509 -noout -issuer -startdate -enddate -dateopt iso_8601"
+)
+
+
+def parse_served(out: str) -> tuple[str, datetime, datetime] | None:
+    """(issuer, not before, not after) from SERVED's output; None without a certificate."""
+    fields = dict(line.partition("=")[::2] for line in out.splitlines() if "=" in line)
+    try:
+        start, end = (
+            datetime.strptime(fields[key].strip(), "%Y-%m-%d %H:%M:%SZ").replace(tzinfo=UTC)
+            for key in ("notBefore", "notAfter")
+        )
+    except (KeyError, ValueError):
+        return None
+    return fields.get("issuer", "?").strip(), start, end
+
+
+def lifetime_left(start: datetime, end: datetime, now: datetime) -> float:
+    """The share of the certificate's lifetime still ahead (0 when expired)."""
+    total = (end - start).total_seconds()
+    return max(0.0, (end - now).total_seconds() / total) if total > 0 else 0.0
+
+
+def describe(remote: Remote) -> tuple[str, bool]:
+    """What `status` and the audit say about the served certificate; whether it is healthy:
+    present, and with at least a third of its lifetime left."""
+    found = parse_served(remote.run(SERVED, check=False, changes=False).stdout)
+    if found is None:
+        return "no certificate served on 443", False
+    issuer, start, end = found
+    now = datetime.now(UTC)
+    days = (end - now).days
+    left = lifetime_left(start, end, now)
+    self_signed = "CN=" + app.DOMAINS[0] == issuer.replace(" ", "")
+    kind = "self-signed" if self_signed else ""
+    text = f"issuer {issuer}, {days} days left" + (f" ({kind})" if kind else "")
+    return text, left >= 1 / 3
