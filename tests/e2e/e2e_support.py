@@ -116,7 +116,9 @@ def snapshot_state(host) -> str:
         f" find {WATCHED} {WATCHED_FILES} -xdev ! -type d {APP_DATA}"
         " -printf '%p %M %u %g %T@\\n' | sort;"
         f" find {WATCHED} -xdev -type f {APP_DATA} -exec md5sum {{}} + | sort; "
-        f" find {WATCHED_PARENTS} -maxdepth 1 ! -path /run/user -printf '%p %M %u %g\\n'"
+        # /run/agetty.reload: Debian 13's agetty touches it when an interface changes.
+        f" find {WATCHED_PARENTS} -maxdepth 1 ! -path /run/user ! -path /run/agetty.reload"
+        " -printf '%p %M %u %g\\n'"
         " 2>/dev/null | sort;"
         " supervisorctl status | awk '{print $1, $2}';"
         " dpkg-query -W -f='${Package} ${Version} ${Status}\\n' | md5sum;"
