@@ -273,6 +273,27 @@ def database_env() -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **eep_env.base_env()}
 
 
+def run_database_tool(argv: list[str], failed: str) -> None:
+    """pg_dump or pg_restore with the app's connection settings; `failed: <its last
+    error line>` as the one line when it exits non-zero."""
+    proc = subprocess.run(
+        argv,
+        env=database_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise Refused(f"{failed}: {lines[-1] if lines else f'exit {proc.returncode}'}")
+
+
+def backup_files() -> list[Path]:
+    """The finished backups, oldest first (their names start with the UTC time)."""
+    return sorted(p for p in BACKUPS.iterdir() if BACKUP_NAME.match(p.name))
+
+
 def need_database() -> None:
     if DATABASE != "postgresql":
         raise Refused("this app has no database (baked with database: none)")
@@ -296,22 +317,14 @@ def backup(request: dict) -> dict:
     name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{label}.dump"
     part = BACKUPS / f".{name}.part"
     # Written under a name `backups` does not list, renamed once pg_dump succeeded.
-    dump = ["pg_dump", "--format=custom", f"--file={part}"]
-    proc = subprocess.run(
-        dump,
-        env=database_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
+    try:
+        run_database_tool(["pg_dump", "--format=custom", f"--file={part}"], "pg_dump failed")
+    except Refused:
         part.unlink(missing_ok=True)
-        lines = proc.stderr.strip().splitlines()
-        raise Refused(f"pg_dump failed: {lines[-1] if lines else proc.returncode}")
+        raise
     os.replace(part, BACKUPS / name)
-    kept = sorted(p.name for p in BACKUPS.iterdir() if BACKUP_NAME.match(p.name))
-    removed = kept[:-KEEP_BACKUPS] if len(kept) > KEEP_BACKUPS else []
+    kept = backup_files()
+    removed = [p.name for p in kept[:-KEEP_BACKUPS]] if len(kept) > KEEP_BACKUPS else []
     for old in removed:
         (BACKUPS / old).unlink()
     return {"name": name, "size": (BACKUPS / name).stat().st_size, "removed": removed}
@@ -319,8 +332,7 @@ def backup(request: dict) -> dict:
 
 def backups(request: dict) -> dict:
     need_database()
-    found = sorted(p for p in BACKUPS.iterdir() if BACKUP_NAME.match(p.name))
-    return {"backups": [{"name": p.name, "size": p.stat().st_size} for p in found]}
+    return {"backups": [{"name": p.name, "size": p.stat().st_size} for p in backup_files()]}
 
 
 def restore(request: dict) -> dict:
@@ -329,17 +341,7 @@ def restore(request: dict) -> dict:
     # it or nothing, so a failed restore leaves the database as it was.
     argv = ["pg_restore", "--clean", "--if-exists", "--single-transaction", "--no-owner"]
     argv += [f"--dbname={eep_env.base_env().get('PGDATABASE', '')}", str(path)]
-    proc = subprocess.run(
-        argv,
-        env=database_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        raise Refused(f"pg_restore failed, nothing changed: {lines[-1] if lines else ''}")
+    run_database_tool(argv, "pg_restore failed, nothing changed")
     return {"restored": path.name}
 
 
