@@ -199,3 +199,21 @@ class load_test:  # noqa: N801 - used as a context manager, reads like a functio
         lines = out.strip().splitlines()
         assert lines, f"the load generator printed nothing (exit {self.proc.returncode})"
         self.stats = json.loads(lines[-1])
+
+
+def audit_as_root(tree: BakedTree, host) -> subprocess.CompletedProcess:
+    spec = f"root@127.0.0.1:{host.ssh_port}"
+    return tree.invoke("audit", "--host", spec, "--identity", str(host.key_path))
+
+
+def audit_fails_on_mode(tree: BakedTree, host, path: str, kind: str, mode: str, right: str):
+    """chmod `path` to `mode`: the root audit must fail naming it ("<path> is <kind>
+    <owner:group> <mode>"); the right mode is put back whatever happens."""
+    host.run(f"chmod {mode} {path}")
+    try:
+        failed = audit_as_root(tree, host)
+        assert failed.returncode == 1
+        named = f"{path} is {kind} {tree.slug}:{tree.slug} {mode}"
+        assert named in failed.stdout, failed.stdout
+    finally:
+        host.run(f"chmod {right} {path}")

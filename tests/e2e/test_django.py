@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_support import REPO, bake_tree, load_test
+from e2e_support import REPO, audit_as_root, audit_fails_on_mode, bake_tree, load_test
 
 pytestmark = pytest.mark.e2e
 
@@ -214,17 +214,8 @@ def test_nobody_else_reaches_the_database_backups_or_settings(tree, host):
     sql = f"select rolpassword is null from pg_authid where rolname = '{SLUG}'"
     role = host.run(f"cd /tmp && runuser -u postgres -- psql -XAtc {shlex.quote(sql)}")
     assert role.stdout.strip() == "t"
-    audit = ["audit", "--host", f"root@127.0.0.1:{host.ssh_port}", "--identity"]
-    audit.append(str(host.key_path))
-    ok(tree.invoke(*audit))
-    backups = f"/srv/{SLUG}/shared/backups"
-    host.run(f"chmod 0750 {backups}")
-    try:
-        failed = tree.invoke(*audit)
-        assert failed.returncode == 1
-        assert f"{backups} is directory {SLUG}:{SLUG} 0750" in failed.stdout, failed.stdout
-    finally:
-        host.run(f"chmod 0700 {backups}")
+    ok(audit_as_root(tree, host))
+    audit_fails_on_mode(tree, host, f"/srv/{SLUG}/shared/backups", "directory", "0750", "0700")
 
 
 def test_after_a_reboot_everything_is_back(tree, host):

@@ -10,7 +10,7 @@ import shlex
 import subprocess
 
 import pytest
-from e2e_support import bake_tree
+from e2e_support import audit_as_root, audit_fails_on_mode, bake_tree
 from test_deploy import build
 
 pytestmark = pytest.mark.e2e
@@ -152,14 +152,5 @@ def test_release_steps_and_the_health_check_run_as_the_app_with_its_settings(tre
 
 
 def test_the_audit_fails_when_the_settings_file_is_opened_up(tree, host):
-    spec = f"root@127.0.0.1:{host.ssh_port}"
-    audit = ["audit", "--host", spec, "--identity", str(host.key_path)]
-    assert tree.invoke(*audit).returncode == 0
-    settings = f"/srv/{SLUG}/shared/env"
-    host.run(f"chmod 0640 {settings}")
-    try:
-        failed = tree.invoke(*audit)
-        assert failed.returncode == 1
-        assert f"{settings} is regular file {SLUG}:{SLUG} 0640" in failed.stdout, failed.stdout
-    finally:
-        host.run(f"chmod 0600 {settings}")
+    assert audit_as_root(tree, host).returncode == 0
+    audit_fails_on_mode(tree, host, f"/srv/{SLUG}/shared/env", "regular file", "0640", "0600")
