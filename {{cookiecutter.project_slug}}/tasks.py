@@ -16,9 +16,28 @@ def _hosts(c, given: str, setting: str) -> list[str]:
     return hosts
 
 
+def _targets(c, given: str, setting: str):
+    """The hosts a command acts on, each with its fleet (eep/fleet.py): the inventory
+    eep.hosts when there is one (--host then picks some of its hosts by name), otherwise
+    every host given or listed in eep.<setting>, each a server of its own."""
+    from eep.fleet import resolve
+    from eep.remote import HostError, use_known_hosts
+
+    use_known_hosts(c.config.eep.get("known_hosts") or "known_hosts")
+    names = [h.strip() for h in given.split(",") if h.strip()]
+    try:
+        targets = resolve(c.config.eep.get("hosts"), names, c.config.eep.get(setting) or [])
+    except HostError as error:
+        raise Exit(f"error: {error}", code=1) from None
+    if not targets:
+        raise Exit("error: no host: pass --host or set eep.hosts in invoke.yaml", code=1)
+    return targets
+
+
 @task(
     help={
-        "host": "root@HOST[:PORT] or ADMIN@HOST (sudo); several separated by commas",
+        "host": "root@HOST[:PORT] or ADMIN@HOST (sudo), or a host of eep.hosts;"
+        " several separated by commas",
         "check": "dry run: show what would change, with diffs, and change nothing",
         "identity": "SSH private key file to log in with",
         "trust_new_host_key": "accept and record (in known_hosts) the key of a host seen first",
@@ -30,9 +49,11 @@ def provision(c, host="", check=False, identity="", trust_new_host_key=False):
     from eep.provision import provision as run
     from eep.remote import HostError
 
-    hosts = _hosts(c, host, "provision_hosts")
+    targets = _targets(c, host, "provision_hosts")
     try:
-        reports = run(hosts, check=check, identity=identity, trust_new_host_key=trust_new_host_key)
+        reports = run(
+            targets, check=check, identity=identity, trust_new_host_key=trust_new_host_key
+        )
     except HostError as error:
         raise Exit(f"error: {error}", code=1) from None
     if any(report.failed for report in reports):

@@ -9,6 +9,7 @@ from eep.accounts import ensure_accounts
 from eep.claims import check_claims
 from eep.database import ensure_database
 from eep.files import ensure_absent
+from eep.fleet import Fleet, FleetHost
 from eep.layout import DIRECTORIES, RUN_DIRECTORIES, ensure_layout, ensure_run_dirs
 from eep.manifest import HOST_FILES, RETIRED_FILES
 from eep.nginx import LOG_FILES, ensure_site
@@ -31,8 +32,9 @@ def read_host(remote: Remote) -> None:
     remote.prefetch(stats, files, commands, supervisor_conf=supervisor.CONF)
 
 
-def provision_host(remote: Remote, report: Report) -> None:
-    """Every step in order; each reads the host's state first and acts on the difference."""
+def provision_host(remote: Remote, report: Report, fleet: Fleet, host: FleetHost) -> None:
+    """Every step in order; each reads the host's state first and acts on the difference.
+    `host` says which roles this host plays in `fleet`."""
     read_host(remote)  # does nothing on a host without python3 yet
     has_python = check_system(remote, report)
     # Before any change: a name or path that is not this app's stops the run here. The
@@ -63,8 +65,9 @@ def provision_host(remote: Remote, report: Report) -> None:
     tls.ensure_acme(remote, report)  # after: nginx serves the challenge path
 
 
-def _one_host(target: Target, options: dict) -> Report:
-    report = Report(str(target), check=options["check"])
+def _one_host(fleet: Fleet, host: FleetHost, options: dict) -> Report:
+    target = Target.parse(host.provision_spec(), default_user="root")
+    report = Report(str(target) if fleet.single else host.name, check=options["check"])
     remote = Remote(
         target,
         identity=options["identity"],
@@ -73,7 +76,7 @@ def _one_host(target: Target, options: dict) -> Report:
     )
     try:
         remote.open()
-        provision_host(remote, report)
+        provision_host(remote, report, fleet, host)
     except HostError as error:
         report.fail(str(error))
     finally:
@@ -82,7 +85,7 @@ def _one_host(target: Target, options: dict) -> Report:
 
 
 def provision(
-    specs: list[str],
+    targets: list[tuple[Fleet, FleetHost]],
     *,
     check: bool = False,
     identity: str = "",
@@ -90,7 +93,6 @@ def provision(
     sudo_password: str | None = None,
 ) -> list[Report]:
     """Provision every host (in parallel); a failing host does not stop the others."""
-    targets = [Target.parse(spec, default_user="root") for spec in specs]
     options = {
         "check": check,
         "identity": identity,
@@ -98,7 +100,7 @@ def provision(
         "sudo_password": sudo_password,
     }
     with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
-        reports = list(pool.map(lambda target: _one_host(target, options), targets))
+        reports = list(pool.map(lambda target: _one_host(target[0], target[1], options), targets))
     for report in reports:
         say(report.summary())
     return reports
