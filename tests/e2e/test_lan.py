@@ -129,6 +129,19 @@ def test_a_host_powered_off_from_inside_leaves_the_lan_too(fleet):
     assert reaches(lb, web.lan_ip)
 
 
+def test_start_plugs_running_hosts_into_a_lan_that_was_lost(fleet):
+    lb, web, worker = fleet
+    remove_lan(lb.lan)  # as after the machine lost /run/netns
+    assert not reaches(lb, web.lan_ip)
+
+    for host in fleet:
+        host.start()
+
+    assert all(host.is_running() for host in fleet)
+    for source, target in permutations(fleet, 2):
+        assert reaches(source, target.lan_ip), f"{source.name} -> {target.name}"
+
+
 def test_a_host_from_a_snapshot_gets_its_own_address(fleet, testhost_factory):
     source = fleet[2]
     snapshot = f"lan-{source.name}"
