@@ -22,7 +22,6 @@ from eep.audit import Audit, unexpected_rules
 from eep.files import ensure_dir, ensure_file, file_difference
 from eep.layout import DIRECTORIES
 from eep.manifest import LB_FILES, host_file
-from eep.pathstate import PathState
 from eep.remote import HostError, Remote, Target
 from eep.report import Report, say
 from eep.sudoers import rules, visudo
@@ -36,10 +35,10 @@ CONFIG = host_file("config/haproxy.cfg")
 SCRIPT = host_file("config/balancer.py").path
 SUDOERS = host_file("config/sudoers-lb")
 # HAProxy's runtime API (config/haproxy.cfg), and the master's own CLI that Debian's unit
-# opens (-S): each lets whoever opens it change the balancer, so root's alone.
+# opens (-S): each lets whoever connects change the balancer, so root's alone (connecting
+# to a unix socket needs write permission on it).
 ADMIN_SOCKET = "/run/eep-haproxy.sock"
 MASTER_SOCKET = "/run/haproxy-master.sock"
-ROOT_ONLY_SOCKET = PathState("socket", "root", "root", 0o600)
 # The deploy account's home and keys, and the directory of the script it runs.
 HOME = f"/home/{app.DEPLOY_USER}"
 DIRS = {path: DIRECTORIES[path] for path in ("/etc/eep", app.CONF_DIR, HOME, f"{HOME}/.ssh")}
@@ -204,8 +203,8 @@ def audit_checks(audit: Audit, fleet: Fleet | None) -> None:
     problems = []
     for path in (ADMIN_SOCKET, MASTER_SOCKET):
         have = remote.stat(path)
-        if have != ROOT_ONLY_SOCKET:
-            problems.append(f"{path} is {have or 'missing'}, not {ROOT_ONLY_SOCKET}")
+        if have is None or have.kind != "socket" or have.owner != "root" or have.open_to(0o022):
+            problems.append(f"{path} is {have or 'missing'}: root alone must connect to it")
     audit.record("HAProxy's runtime API only root opens", problems)
 
     paths = [entry.path for entry in LB_FILES]
