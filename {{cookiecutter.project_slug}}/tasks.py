@@ -26,7 +26,12 @@ def _targets(c, given: str, setting: str):
     use_known_hosts(c.config.eep.get("known_hosts") or "known_hosts")
     names = [h.strip() for h in given.split(",") if h.strip()]
     try:
-        targets = resolve(c.config.eep.get("hosts"), names, c.config.eep.get(setting) or [])
+        targets = resolve(
+            c.config.eep.get("hosts"),
+            names,
+            c.config.eep.get(setting) or [],
+            c.config.eep.get("lb_health") or "/",
+        )
     except HostError as error:
         raise Exit(f"error: {error}", code=1) from None
     if not targets:
@@ -165,13 +170,28 @@ def releases(c, host="", identity=""):
 def audit(c, host="", identity=""):
     """Check a live host against the threat model: a PASS/FAIL table, exit 1 on any failure."""
     from eep.audit import audit as run
+    from eep.remote import HostError
 
     failed = []
-    _on_hosts(
-        c, host, lambda spec: run(spec, identity=identity) or failed.append(spec), "provision_hosts"
-    )
+    for fleet, one in _targets(c, host, "provision_hosts"):
+        spec = one.provision_spec()
+        try:
+            run(spec, identity=identity, fleet=fleet, host=one) or failed.append(spec)
+        except HostError as error:
+            raise Exit(f"error: [{spec}] {error}", code=1) from None
     if failed:
         raise Exit(f"error: audit failed on {', '.join(failed)}", code=1)
+
+
+def _balancer(c):
+    """The lb host of eep.hosts, or None."""
+    from eep.fleet import FleetError, load
+
+    try:
+        fleet = load(c.config.eep.get("hosts"), c.config.eep.get("lb_health") or "/")
+    except FleetError as error:
+        raise Exit(f"error: {error}", code=1) from None
+    return fleet.lb if fleet else None
 
 
 @task(help=DEPLOY_HELP)
@@ -181,6 +201,15 @@ def status(c, host="", identity=""):
 
     down = []
     _on_hosts(c, host, lambda spec: run(spec, identity=identity) or down.append(spec))
+    lb = _balancer(c)
+    if lb is not None:
+        from eep.balancer import status as balancer_status
+
+        _on_hosts(
+            c,
+            lb.deploy_spec(),
+            lambda spec: balancer_status(spec, identity=identity) or down.append(lb.name),
+        )
     if down:
         raise Exit(f"error: down on {', '.join(down)}", code=1)
 

@@ -13,6 +13,7 @@ import json
 import re
 import shlex
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import paramiko
 
@@ -34,6 +35,9 @@ from eep.remote import Remote, Target, known_hosts_path
 from eep.report import say
 from eep.sudoers import rules as sudo_rules
 
+if TYPE_CHECKING:
+    from eep.fleet import Fleet, FleetHost
+
 UWSGI_BINARY = "/usr/bin/uwsgi-core"
 
 
@@ -47,9 +51,10 @@ class Check:
 class Audit:
     """The checks of one host; each appends one Check."""
 
-    def __init__(self, remote: Remote, as_root: bool) -> None:
+    def __init__(self, remote: Remote, as_root: bool, fleet: Fleet | None = None) -> None:
         self.remote = remote
         self.as_root = as_root
+        self.fleet = fleet  # files made from eep.hosts are compared as rendered for it
         self.checks: list[Check] = []
 
     def record(self, name: str, problems: list[str], passed: str = "") -> None:
@@ -180,7 +185,7 @@ class Audit:
                 problems.append(f"{app.RUNTIME_USER} has sudo rules")
         else:
             listing = self.sh("sudo -n -l")
-        problems += _unexpected_rules(listing)
+        problems += unexpected_rules(listing)
         self.record(name, problems, "" if self.as_root else "visudo -c not run (needs root)")
 
     def drift(self) -> None:
@@ -193,7 +198,7 @@ class Audit:
                 problems.append(f"{entry.path} missing")
             elif content is None:
                 unread.append(entry.path)  # exists, but this account may not read it
-            elif why := file_difference(self.remote, entry, content):
+            elif why := file_difference(self.remote, entry, content, self.fleet):
                 problems.append(f"{entry.path} differs from {entry.source} ({why})")
         problems += [
             f"{path} is left from an earlier version of this tree (provision removes it)"
@@ -300,9 +305,10 @@ class Audit:
         return self.checks
 
 
-def _unexpected_rules(listing: str) -> list[str]:
-    """Problems in a `sudo -l` listing of the deploy account: any rule but the literal ones."""
-    expected = {command for _, command in sudo_rules()}
+def unexpected_rules(listing: str, expected: set[str] | None = None) -> list[str]:
+    """Problems in a `sudo -l` listing of the deploy account: any rule but the literal ones
+    (`expected`; by default those of config/sudoers)."""
+    expected = expected if expected is not None else {command for _, command in sudo_rules()}
     rules = listing.split("may run the following commands", 1)[-1]
     rules = re.sub(r",\s*\n\s*", ", ", rules)
     found = set()
@@ -313,14 +319,23 @@ def _unexpected_rules(listing: str) -> list[str]:
     return [f"unexpected sudo rule: {rule}" for rule in sorted(found - expected)]
 
 
-def audit(spec: str, *, identity: str = "") -> bool:
-    """Print the table for one host; return True when every check passed."""
+def audit(
+    spec: str, *, identity: str = "", fleet: Fleet | None = None, host: FleetHost | None = None
+) -> bool:
+    """Print the table for one host (`host` of `fleet`, if any); True when every check passed."""
     target = Target.parse(spec, default_user="root")
     as_root = target.user != app.DEPLOY_USER
     remote = Remote(target, identity=identity, become_root=as_root)
     remote.open()
     try:
-        checks = Audit(remote, as_root).run_all()
+        checker = Audit(remote, as_root, fleet)
+        if host is not None and host.has("lb"):
+            from eep import balancer  # imports this module
+
+            balancer.audit_checks(checker, fleet)
+            checks = checker.checks
+        else:
+            checks = checker.run_all()
     finally:
         remote.close()
     for check in checks:

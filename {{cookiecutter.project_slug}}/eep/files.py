@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from eep.manifest import HostFile, render
 from eep.pathstate import PathState
 from eep.remote import HostError, Remote
 from eep.report import Report, unified_diff
+
+if TYPE_CHECKING:
+    from eep.fleet import Fleet
 
 
 def ensure_dir(remote: Remote, report: Report, path: str, want: PathState) -> bool:
@@ -25,14 +29,17 @@ def ensure_dir(remote: Remote, report: Report, path: str, want: PathState) -> bo
     return True
 
 
-def file_difference(remote: Remote, host_file: HostFile, have: bytes | None) -> str:
+def file_difference(
+    remote: Remote, host_file: HostFile, have: bytes | None, fleet: Fleet | None = None
+) -> str:
     """How the host's file (its content: `have`) differs from the tree's; "" if it does not.
 
-    Provisioning acts on it; the audit's drift check reports it.
+    Provisioning acts on it; the audit's drift check reports it. `fleet`: the inventory
+    the files made from eep.hosts are rendered with.
     """
     if have is None:
         return "created"
-    if have != render(host_file).encode():
+    if have != render(host_file, fleet=fleet).encode():
         return "content differs"
     meta = remote.stat(host_file.path)
     if meta != host_file.state:
@@ -47,16 +54,17 @@ def ensure_file(
     *,
     validate: Callable[[str], None] | None = None,
     backup: str = "",
+    fleet: Fleet | None = None,
 ) -> bool:
     """Install one file from the tree; `validate(temp_path)` may refuse it before it goes live.
 
     With `backup`, the file being replaced is first copied there (mtime kept).
     Returns True when the host's file changed (or would change, in check mode).
     """
-    want = render(host_file).encode()
+    want = render(host_file, fleet=fleet).encode()
     have = remote.read(host_file.path)
     step = f"file {host_file.path}"
-    why = file_difference(remote, host_file, have)
+    why = file_difference(remote, host_file, have, fleet)
     if not why:
         report.unchanged(step)
         return False

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from string import Template
+from typing import TYPE_CHECKING
 
 from eep import app
 from eep.pathstate import PathState, regular_file
+
+if TYPE_CHECKING:
+    from eep.fleet import Fleet
 
 TREE = Path(__file__).resolve().parent.parent
 
@@ -25,6 +30,8 @@ class HostFile:
     mode: int = 0o644
     owner: str = "root"
     group: str = "root"
+    # Made from eep.hosts too: its $names are filled in by render() (fleet_values).
+    from_fleet: bool = False
 
     @property
     def state(self) -> PathState:
@@ -39,6 +46,8 @@ HOST_FILES = [
     HostFile("config/supervisor-service.conf", "/etc/systemd/system/supervisor.service.d/eep.conf"),
     HostFile("config/nginx.conf", f"/etc/nginx/sites-available/{app.SLUG}"),
     HostFile("config/nginx-default.conf", "/etc/nginx/sites-available/eep-default"),
+    # Included by the site: the load balancer whose X-Forwarded-For nginx believes.
+    HostFile("config/nginx-balancer.conf", f"{app.CONF_DIR}/nginx-balancer.conf", from_fleet=True),
     # The page nginx answers with in maintenance mode (read through the app's group).
     HostFile("config/maintenance.html", f"{app.CONF_DIR}/maintenance.html"),
     HostFile("config/sudoers", f"/etc/sudoers.d/{app.SLUG}", mode=0o440),
@@ -61,6 +70,15 @@ HOST_FILES = [
 if app.USE_CELERY:
     HOST_FILES.append(HostFile("config/redis.conf", f"{app.CONF_DIR}/redis.conf"))
 
+# What the host with the lb role gets instead (eep/balancer.py): HAProxy's configuration,
+# the one script the deploy account may run there as root, its sudo rules, its key.
+LB_FILES = [
+    HostFile("config/haproxy.cfg", "/etc/haproxy/haproxy.cfg", from_fleet=True),
+    HostFile("config/balancer.py", f"{app.CONF_DIR}/balancer", mode=0o755),
+    HostFile("config/sudoers-lb", f"/etc/sudoers.d/{app.SLUG}", mode=0o440),
+    next(entry for entry in HOST_FILES if entry.source == "config/authorized_keys"),
+]
+
 # What earlier versions of this tree installed and this one no longer does: provisioning
 # removes them, so a host holds only what a reviewer can read here.
 RETIRED_FILES = [
@@ -69,10 +87,28 @@ RETIRED_FILES = [
 
 
 def host_file(source: str) -> HostFile:
-    """The entry of HOST_FILES for a file of this tree."""
-    return next(entry for entry in HOST_FILES if entry.source == source)
+    """The entry of HOST_FILES (or LB_FILES) for a file of this tree."""
+    return next(entry for entry in HOST_FILES + LB_FILES if entry.source == source)
 
 
-def render(host_file: HostFile, tree: Path = TREE) -> str:
-    """The exact content `host_file` must have on the host."""
-    return (tree / host_file.source).read_text(encoding="utf-8")
+def fleet_values(fleet: Fleet | None) -> dict[str, str]:
+    """What the files made from eep.hosts say about it (no inventory: one host, no balancer)."""
+    lb = fleet.lb if fleet else None
+    webs = fleet.with_role("web") if fleet and lb else []
+    return {
+        # HAProxy: one server per web host, health-checked; the name is the inventory's.
+        "servers": "\n".join(f"    server {web.name} {web.private}:80 check" for web in webs),
+        "health_path": fleet.lb_health if fleet else "/",
+        # nginx: the client's address from X-Forwarded-For, believed from the balancer only.
+        "real_ip": (
+            f"set_real_ip_from {lb.private};\nreal_ip_header X-Forwarded-For;"
+            if lb
+            else "# None: this app has no load balancer in eep.hosts."
+        ),
+    }
+
+
+def render(host_file: HostFile, tree: Path = TREE, fleet: Fleet | None = None) -> str:
+    """The exact content `host_file` must have on the host (a host of `fleet`)."""
+    text = (tree / host_file.source).read_text(encoding="utf-8")
+    return Template(text).substitute(fleet_values(fleet)) if host_file.from_fleet else text

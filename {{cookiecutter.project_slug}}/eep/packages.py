@@ -28,7 +28,13 @@ if app.DATABASE == "postgresql":
 # How these steps read the host: eep.provision runs them all in one round trip first.
 OS_RELEASE = "cat /etc/os-release"
 PYTHON_VERSION = "python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")'"
-PACKAGE_STATES = "dpkg-query -W -f='${Package} ${Status}\\n' " + " ".join(PACKAGES) + " 2>/dev/null"
+
+
+def package_states(names: list[str]) -> str:
+    return "dpkg-query -W -f='${Package} ${Status}\\n' " + " ".join(names) + " 2>/dev/null"
+
+
+PACKAGE_STATES = package_states(PACKAGES)
 
 
 def service_state(service: str) -> list[str]:
@@ -92,18 +98,18 @@ def check_system(remote: Remote, report: Report) -> bool:
     return found.exited == 0
 
 
-def missing_packages(remote: Remote) -> list[str]:
-    query = remote.run(PACKAGE_STATES, check=False, changes=False)
+def missing_packages(remote: Remote, packages: list[str] = PACKAGES) -> list[str]:
+    query = remote.run(package_states(packages), check=False, changes=False)
     installed = {
         line.split()[0] for line in query.stdout.splitlines() if line.endswith(" installed")
     }
-    return [name for name in PACKAGES if name not in installed]
+    return [name for name in packages if name not in installed]
 
 
-def ensure_packages(remote: Remote, report: Report) -> None:
-    missing = missing_packages(remote)
+def ensure_packages(remote: Remote, report: Report, packages: list[str] = PACKAGES) -> None:
+    missing = missing_packages(remote, packages)
     if not missing:
-        report.unchanged("packages", " ".join(PACKAGES))
+        report.unchanged("packages", " ".join(packages))
         return
     if not report.change("packages", "install " + " ".join(missing)):
         return
@@ -122,9 +128,9 @@ def ensure_packages(remote: Remote, report: Report) -> None:
         report.change("redis-server", "disabled the shared default instance eep installed")
 
 
-def ensure_services(remote: Remote, report: Report) -> None:
+def ensure_services(remote: Remote, report: Report, services: list[str] = SERVICES) -> None:
     """nginx and supervisor (and PostgreSQL) enabled at boot and running."""
-    for service in SERVICES:
+    for service in services:
         enabled, active = (
             remote.run(query, check=False, changes=False).stdout.strip()
             for query in service_state(service)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from eep import accounts, app, claims, database, nginx, packages, supervisor, tls
+from eep import accounts, app, balancer, claims, database, nginx, packages, supervisor, tls
 from eep.accounts import ensure_accounts
 from eep.claims import check_claims
 from eep.database import ensure_database
@@ -35,6 +35,9 @@ def read_host(remote: Remote) -> None:
 def provision_host(remote: Remote, report: Report, fleet: Fleet, host: FleetHost) -> None:
     """Every step in order; each reads the host's state first and acts on the difference.
     `host` says which roles this host plays in `fleet`."""
+    if host.has("lb"):  # HAProxy and the deploy account only (fleet.check: never web too)
+        balancer.provision_lb(remote, report, fleet)
+        return
     read_host(remote)  # does nothing on a host without python3 yet
     has_python = check_system(remote, report)
     # Before any change: a name or path that is not this app's stops the run here. The
@@ -61,7 +64,7 @@ def provision_host(remote: Remote, report: Report, fleet: Fleet, host: FleetHost
     ensure_programs(remote, report, uwsgi_changed=uwsgi_changed, broker_changed=broker_changed)
     if app.TLS != "none":
         tls.ensure_self_signed(remote, report)  # before the site: nginx -t reads its links
-    ensure_site(remote, report, reload=nginx_groups_changed)
+    ensure_site(remote, report, reload=nginx_groups_changed, fleet=fleet)
     tls.ensure_acme(remote, report)  # after: nginx serves the challenge path
 
 
