@@ -409,7 +409,8 @@ class Host:
         if self._runner is not None:
             self._runner.wait(timeout=5)
             self._runner = None
-        # A stopped host must not answer on the LAN (its netns would, for ping).
+        # A stopped host must not answer on the LAN: its netns still would
+        # (ARP, and a refusal for every port), unlike a switched-off server.
         self._leave_lan()
         log.info("host %s: stopped in %.1f s", self.name, time.monotonic() - started)
 

@@ -62,6 +62,8 @@ def session_lan(name: str) -> str:
     no existing LAN has, the same for the whole session."""
     if name in _session_lans:
         return _session_lans[name]
+    if name in _session_lans.values():  # host.lan of a host made in this session
+        return name
     taken = set(list_lans()) | {host.lan for host in list_hosts() if host.lan}
     clean = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:14] or "lan"
     if not clean[0].isalpha():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import subprocess
+import time
 from itertools import permutations
 from pathlib import Path
 
@@ -108,6 +110,36 @@ def test_a_stopped_host_is_unreachable_and_comes_back_at_the_same_address(fleet)
 
     assert get_host(web.name).lan_ip == address
     assert reaches(lb, address) and reaches(web, worker.lan_ip)
+
+
+def test_a_host_powered_off_from_inside_leaves_the_lan_too(fleet):
+    lb, web, _ = fleet
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        web.run("systemctl poweroff", check=False, timeout=15)
+    deadline = time.monotonic() + 30
+    while web.is_running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not web.is_running()
+
+    assert bridge_port(web.lan_ip) not in lan_ports(web.lan)
+    assert not reaches(lb, web.lan_ip)
+
+    web.start()
+
+    assert reaches(lb, web.lan_ip)
+
+
+def test_start_plugs_running_hosts_into_a_lan_that_was_lost(fleet):
+    lb, web, worker = fleet
+    remove_lan(lb.lan)  # as after the machine lost /run/netns
+    assert not reaches(lb, web.lan_ip)
+
+    for host in fleet:
+        host.start()
+
+    assert all(host.is_running() for host in fleet)
+    for source, target in permutations(fleet, 2):
+        assert reaches(source, target.lan_ip), f"{source.name} -> {target.name}"
 
 
 def test_a_host_from_a_snapshot_gets_its_own_address(fleet, testhost_factory):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from testhosts import aptsources, cli, image, lan, releases  # noqa: E402
+from testhosts import aptsources, cli, image, lan, pytest_plugin, releases  # noqa: E402
 from testhosts.errors import HarnessError  # noqa: E402
 from testhosts.host import _release_of  # noqa: E402
 from testhosts.paths import StateDir, netns_name  # noqa: E402
@@ -167,3 +168,15 @@ def test_the_cli_puts_a_host_on_a_lan():
     parser = cli.build_parser()
     assert parser.parse_args(["up", "web1", "--lan", "fleet"]).lan == "fleet"
     assert parser.parse_args(["up", "web1"]).lan is None
+
+
+def test_a_pytest_session_gets_lans_of_its_own_and_keeps_them(monkeypatch):
+    monkeypatch.setattr(pytest_plugin, "_session_lans", {})
+    monkeypatch.setattr(pytest_plugin, "list_hosts", lambda: [])
+    monkeypatch.setattr(pytest_plugin, "list_lans", lambda: [])
+    fleet = pytest_plugin.session_lan("fleet")
+    assert re.fullmatch(r"fleet-[0-9a-f]{4}", fleet)
+    assert pytest_plugin.session_lan("fleet") == fleet
+    assert pytest_plugin.session_lan(fleet) == fleet, "host.lan names the same LAN"
+    assert pytest_plugin.session_lan("other") != fleet
+    assert lan.check_lan_name(pytest_plugin.session_lan("A very long LAN name"))
