@@ -207,6 +207,24 @@ def test_a_fleet_rollback_takes_every_host_to_the_same_earlier_release(tree, web
     assert all(page(host).startswith("sample v1 ") for host in webs.values())
 
 
+def test_keep_going_leaves_the_failed_host_on_its_release_and_switches_the_others(tree, webs, dist):
+    web1 = webs["web1"]
+    web1.run(f"touch /srv/{SLUG}/shared/sick")
+    try:
+        went_on = fleet(
+            tree, "deploy", "--release", str(release("v4", dist, sick=True)), "--keep-going"
+        )
+    finally:
+        web1.run(f"rm -f /srv/{SLUG}/shared/sick")
+    assert went_on.returncode == 1, went_on.stdout
+    assert re.fullmatch(
+        f"error: deploy went on \\(--keep-going\\): {RELEASE_ID}v4 on web2;"
+        f" web1 failed its health gate: GET /health answers 503; web1 on {RELEASE_ID}v1",
+        went_on.stderr.strip(),
+    ), went_on.stderr
+    assert page(web1).startswith("sample v1 ") and page(webs["web2"]).startswith("sample v4 ")
+
+
 # -- lb1, web1, web2, work1 -----------------------------------------------------------
 
 TEMPLATE = REPO / "{{cookiecutter.project_slug}}"

@@ -270,8 +270,12 @@ class RealOps:
         try:
             gate(session, release)
         except HostError as error:
-            self.fail(host, f"failed its health gate: {error}")
-            raise HostError(f"failed its health gate: {error}") from None
+            why = f"failed its health gate: {error}"
+            try:
+                self.fail(host, why)
+            except HostError as stuck:
+                raise HostError(f"{why}; it could not go back: {stuck}") from None
+            raise HostError(why) from None
 
     def fail(self, host: FleetHost, why: str) -> None:
         session = self.sessions[host.name]
@@ -367,11 +371,11 @@ def _switch(plan: Plan, ops: RealOps, release: str, keep_going: bool) -> Outcome
 def _verdict(what: str, release: str, outcome: Outcome, ops: RealOps, keep_going: bool) -> str:
     """The error line of a rolling command that failed somewhere."""
     failed = "; ".join(f"{name} {error}" for name, error in outcome.failed.items())
-    previous = sorted({p for p in ops.previous.values() if p})
-    serving = ", ".join(previous) or "no release"
     if keep_going:
-        line = f"{what} {release} on {', '.join(outcome.switched) or 'no host'}; {failed}"
-        return f"{line}; {', '.join(outcome.failed)} serve {serving}"
+        switched = ", ".join(outcome.switched) or "no host"
+        back = ", ".join(f"{name} on {ops.previous.get(name)}" for name in outcome.failed)
+        return f"{what} went on (--keep-going): {release} on {switched}; {failed}; {back}"
+    serving = ", ".join(sorted({p for p in ops.previous.values() if p})) or "no release"
     line = f"{what} stopped: {failed}; every host serves {serving} again"
     if outcome.stuck:
         stuck = "; ".join(f"{name}: {error}" for name, error in outcome.stuck.items())
@@ -430,7 +434,6 @@ def deploy(
             raise HostError(f"release {release} failed, nothing activated: {why}")
         if stage:
             say(f"* staged {release} on {_names(plan.hosts)}: `invoke activate {release}`")
-            outcome = Outcome(switched=[host.name for host in plan.hosts])
         else:
             ops = RealOps(
                 fleet, sessions, balancer, ["activate", release], mode=reload, how="deploy"
