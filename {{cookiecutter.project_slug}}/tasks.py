@@ -94,6 +94,33 @@ def _on_hosts(c, host: str, action, setting: str = "deploy_hosts") -> None:
             raise Exit(f"error: [{spec}] {error}", code=1) from None
 
 
+ROLLING_HELP = {
+    "host": "deploy@HOST[:PORT], or with eep.hosts some of its hosts by name (default: all);"
+    " several separated by commas",
+    "batch": "with eep.hosts: switch N web hosts at a time (default 1)",
+    "keep_going": "with eep.hosts: when a host fails its health gate, go on with the"
+    " others instead of putting every host back on the previous release",
+}
+
+
+def _rolling(c, host: str, batch: int, keep_going: bool, action) -> bool:
+    """With an inventory (eep.hosts), run `action(fleet, hosts)` over the fleet, rolling
+    host by host (eep/rolling.py), and return True; without one, return False: each host
+    is then a server of its own, deployed as before."""
+    from eep.remote import HostError
+
+    if not c.config.eep.get("hosts"):
+        if batch != 1 or keep_going:
+            raise Exit("error: --batch and --keep-going need eep.hosts in invoke.yaml", code=1)
+        return False
+    targets = _targets(c, host, "deploy_hosts")
+    try:
+        action(targets[0][0], [target for _, target in targets])
+    except HostError as error:
+        raise Exit(f"error: {error}", code=1) from None
+    return True
+
+
 @task(
     help={
         "release": "the release tarball (e.g. dist/app-1.2.tar.gz)",
@@ -101,13 +128,36 @@ def _on_hosts(c, host: str, action, setting: str = "deploy_hosts") -> None:
         "break_lock": "remove a deploy lock left by a deploy that died",
         "reload": RELOAD_HELP,
         **DEPLOY_HELP,
+        **ROLLING_HELP,
     }
 )
-def deploy(c, release, host="", identity="", stage=False, break_lock=False, reload="chain"):
+def deploy(
+    c,
+    release,
+    host="",
+    identity="",
+    stage=False,
+    break_lock=False,
+    reload="chain",
+    batch=1,
+    keep_going=False,
+):
     """Upload a release, build its virtualenv, run its checks and activate it gracefully."""
+    from eep import rolling
     from eep.deploy import deploy as run
 
     mode = _reload_mode(reload)
+    options = {"identity": identity, "break_lock": break_lock, "reload": mode}
+    if _rolling(
+        c,
+        host,
+        batch,
+        keep_going,
+        lambda fleet, hosts: rolling.deploy(
+            fleet, hosts, release, stage=stage, batch=batch, keep_going=keep_going, **options
+        ),
+    ):
+        return
     _on_hosts(
         c,
         host,
@@ -121,14 +171,36 @@ def deploy(c, release, host="", identity="", stage=False, break_lock=False, relo
     help={
         "release": "release id, as listed by `invoke releases`",
         "reload": RELOAD_HELP,
+        "break_lock": "with eep.hosts: remove deploy locks left by a deploy that died",
         **DEPLOY_HELP,
+        **ROLLING_HELP,
     }
 )
-def activate(c, release, host="", identity="", reload="chain"):
+def activate(
+    c, release, host="", identity="", reload="chain", batch=1, keep_going=False, break_lock=False
+):
     """Activate a staged release: switch `current` and reload gracefully."""
+    from eep import rolling
     from eep.deploy import activate as run
 
     mode = _reload_mode(reload)
+    if _rolling(
+        c,
+        host,
+        batch,
+        keep_going,
+        lambda fleet, hosts: rolling.activate(
+            fleet,
+            hosts,
+            release,
+            identity=identity,
+            reload=mode,
+            batch=batch,
+            keep_going=keep_going,
+            break_lock=break_lock,
+        ),
+    ):
+        return
     _on_hosts(c, host, lambda spec: run(release, spec, identity=identity, reload=mode))
 
 
@@ -138,13 +210,34 @@ def activate(c, release, host="", identity="", reload="chain"):
         "break_lock": "remove a deploy lock left by a deploy that died",
         "reload": "all: every web worker at once, fastest (default); chain: one at a time",
         **DEPLOY_HELP,
+        **ROLLING_HELP,
     }
 )
-def rollback(c, to="", host="", identity="", break_lock=False, reload="all"):
+def rollback(
+    c, to="", host="", identity="", break_lock=False, reload="all", batch=1, keep_going=False
+):
     """Switch back to an earlier release and reload gracefully (all workers at once)."""
+    from eep import rolling
     from eep.deploy import rollback as run
 
     mode = _reload_mode(reload)
+    if _rolling(
+        c,
+        host,
+        batch,
+        keep_going,
+        lambda fleet, hosts: rolling.rollback(
+            fleet,
+            hosts,
+            to=to,
+            identity=identity,
+            reload=mode,
+            batch=batch,
+            keep_going=keep_going,
+            break_lock=break_lock,
+        ),
+    ):
+        return
     _on_hosts(
         c,
         host,

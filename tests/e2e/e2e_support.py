@@ -142,6 +142,7 @@ import http.client, json, sys, threading, time
 host, seconds, concurrency = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 keep_timeline = len(sys.argv) > 4  # every request as [start s, latency ms, ok]
 latencies, failures, timeline, lock = [], [], [], threading.Lock()
+answers = {}  # the first two words of each 2xx body ("sample v2"): which release answered
 began, began_wall = time.monotonic(), time.time()
 deadline = began + seconds
 def worker():
@@ -151,13 +152,16 @@ def worker():
             conn = http.client.HTTPConnection("127.0.0.1", 80, timeout=10)
             conn.request("GET", "/", headers={"Host": host})
             response = conn.getresponse()
-            response.read()
+            body = response.read()
             conn.close()
             ok = 200 <= response.status < 300
             detail = response.status
         except Exception as error:
             ok, detail = False, repr(error)
         with lock:
+            if ok:
+                said = " ".join(body.decode(errors="replace").split()[:2])
+                answers[said] = answers.get(said, 0) + 1
             latencies.append(time.monotonic() - start)
             if not ok:
                 failures.append(detail)
@@ -171,6 +175,7 @@ pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies))
 print(json.dumps({"requests": len(latencies), "failed": len(failures),
                   "failures": [str(f) for f in failures[:5]],
                   "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0),
+                  "answers": answers,
                   **({"timeline": timeline, "began": began_wall} if keep_timeline else {})}))
 """
 

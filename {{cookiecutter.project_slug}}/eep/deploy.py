@@ -36,6 +36,17 @@ def version_of(filename: str) -> str:
 def _build(
     session: Session, tarball: Path, release_id: str, info: ReleaseInfo, requirements: str
 ) -> None:
+    """Everything before activation, on one host: prepare, the release steps, health."""
+    config = prepare(session, tarball, release_id, info, requirements)
+    run_steps(session, release_id, config)
+    check_health(session, release_id, config)
+
+
+def prepare(
+    session: Session, tarball: Path, release_id: str, info: ReleaseInfo, requirements: str
+) -> dict:
+    """Upload, extract, virtualenv, build and load checks: what touches this host only
+    (a fleet does it on every host at once). Returns the release's eep.toml settings."""
     releases = f"{app.APP_ROOT}/releases"
     upload = f"{AGENT_DIR}/upload-{release_id}.tar"
     with session.step("upload", f"{tarball.name} ({tarball.stat().st_size // 1024} KiB)"):
@@ -70,6 +81,13 @@ def _build(
     with session.step("checks") as details:
         session.as_app("check", request)
         details.append(f"app{' and Celery' if app.USE_CELERY else ''} load as {app.RUNTIME_USER}")
+    return config
+
+
+def run_steps(session: Session, release_id: str, config: dict) -> None:
+    """The release's pre_activate steps (migrations): they change what every host
+    shares, so a fleet runs them once, on one host."""
+    request = {"release": release_id}
     if config["pre_activate"]:
         # Migrations may change the database: a backup first, named if a step fails.
         taken = backups.take(session, f"before-{release_id}") if app.DATABASE != "none" else ""
@@ -84,6 +102,11 @@ def _build(
                 f"{error}; the backup taken just before: {taken}"
                 f" (`invoke restore {taken} --yes` brings it back)"
             ) from None
+
+
+def check_health(session: Session, release_id: str, config: dict) -> None:
+    """The release's health call (after its steps), then mark it ready to activate."""
+    request = {"release": release_id}
     with session.step("health") as details:
         answer = session.as_app(
             "health", {**request, "path": config["health"], "host": session.host_header}
@@ -114,15 +137,10 @@ def _release_files(tarball: Path, prefix: str, *names: str) -> dict[str, str | N
     return found
 
 
-def deploy(
-    tarball: str,
-    spec: str,
-    *,
-    identity: str = "",
-    stage: bool = False,
-    break_lock: bool = False,
-    reload: str = "chain",
-) -> str:
+def check_tarball(tarball: str) -> tuple[Path, ReleaseInfo, str]:
+    """The release tarball checked here, before any host is touched: its layout, its
+    uwsgi.ini and requirements.txt against the release rules. Returns the path, what
+    inspect() found and the requirements' text."""
     path = Path(tarball)
     if not path.is_file():
         raise HostError(f"no release tarball at {tarball}")
@@ -137,12 +155,30 @@ def deploy(
                 check(text)
     except (TarballError, RuleError) as error:
         raise HostError(f"refused {path.name}: {error}") from None
-    release_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + version_of(path.name)
+    return path, info, requirements or ""
+
+
+def new_release_id(path: Path) -> str:
+    """UTC time + version: sortable, and the same on every host of one deploy."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + version_of(path.name)
+
+
+def deploy(
+    tarball: str,
+    spec: str,
+    *,
+    identity: str = "",
+    stage: bool = False,
+    break_lock: bool = False,
+    reload: str = "chain",
+) -> str:
+    path, info, requirements = check_tarball(tarball)
+    release_id = new_release_id(path)
     started = time.monotonic()
     with Session(spec, identity) as session:
         with session.locked(break_lock=break_lock):
             try:
-                _build(session, path, release_id, info, requirements or "")
+                _build(session, path, release_id, info, requirements)
             except HostError as error:
                 session.agent("fail", release_id, str(error))
                 raise HostError(

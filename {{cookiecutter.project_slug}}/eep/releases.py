@@ -388,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.choices[name].add_argument("--how", default=name)
         sub.choices[name].add_argument("--by", default="")
     sub.choices["rollback"].add_argument("--to", default="")
+    sub.add_parser("rollback-target").add_argument("--to", default="")
     sub.add_parser("list")
     sub.add_parser("cleanup").add_argument("--keep", type=int, required=True)
     sub.add_parser("http-status").add_argument("path")
@@ -407,6 +408,8 @@ def dispatch(args: argparse.Namespace) -> dict:
         "ready": lambda: ready(args.release_id),
         "activate": lambda: activate(args.release_id, args.how, args.by),
         "rollback": lambda: activate(rollback_target(args.to), args.how, args.by),
+        # What `rollback` would activate, without activating it (a fleet agrees on it first).
+        "rollback-target": lambda: {"current": current_id(), "target": rollback_target(args.to)},
         "list": lambda: {"releases": list_releases()},
         "cleanup": lambda: cleanup(args.keep),
         "http-status": lambda: http_status(args.path, args.host),

@@ -34,8 +34,10 @@ AGENT_MODE, UPLOAD_MODE, INI_MODE = 0o600, 0o600, 0o640
 class Session:
     """One SSH connection as the deploy account, with the release tools uploaded."""
 
-    def __init__(self, spec: str, identity: str) -> None:
+    def __init__(self, spec: str, identity: str, *, name: str = "") -> None:
         self.target = Target.parse(spec, default_user=app.DEPLOY_USER)
+        # What progress lines call the host: its inventory name, or the SSH target.
+        self.label = name or str(self.target)
         self.remote = Remote(self.target, identity=identity, become_root=False)
         self.timings: dict[str, float] = {}
         self.agent_process: Conversation | None = None
@@ -70,12 +72,12 @@ class Session:
         self.remote.close()
 
     def say(self, status: str, message: str) -> None:
-        say(f"[{self.target}] {status:<10} {message}")
+        say(f"[{self.label}] {status:<10} {message}")
 
     def summary(self, what: str, started: float) -> None:
         """The last line of a command: what it did, in how long, and its steps' times."""
         parts = ", ".join(f"{name} {secs:.1f} s" for name, secs in self.timings.items())
-        say(f"[{self.target}] {what} in {time.monotonic() - started:.1f} s ({parts})")
+        say(f"[{self.label}] {what} in {time.monotonic() - started:.1f} s ({parts})")
 
     @contextmanager
     def step(self, name: str, detail: str = "", *, running: str = ""):
@@ -84,9 +86,7 @@ class Session:
         still running, so a long step (pip) never looks stuck."""
         started = time.monotonic()
         details = [detail] if detail else []
-        ticker = progress(
-            lambda secs: f"[{self.target}] {name:<10} {running} ({secs:.0f} s so far)"
-        )
+        ticker = progress(lambda secs: f"[{self.label}] {name:<10} {running} ({secs:.0f} s so far)")
         with ticker if running else nullcontext():
             yield details
         self.timings[name] = time.monotonic() - started
@@ -130,7 +130,7 @@ class Session:
             lines = result.stderr.strip().splitlines() or [f"as-app {verb}: exit {result.exited}"]
             for line in lines[:-1]:
                 if line.startswith("  | "):
-                    say(f"[{self.target}] {'':<10} {line[4:]}")
+                    say(f"[{self.label}] {'':<10} {line[4:]}")
             raise HostError(lines[-1].removeprefix("error: "))
         return json.loads(result.stdout)
 
