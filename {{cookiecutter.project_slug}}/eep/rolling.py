@@ -220,7 +220,7 @@ class Balancer:
     the lb host; one call at a time (hosts of a batch share the connection)."""
 
     def __init__(self, lb: FleetHost, identity: str) -> None:
-        from eep import balancer  # type: ignore[attr-defined]
+        from eep import balancer
 
         self.api = balancer
         self.host = lb
