@@ -164,6 +164,17 @@ def test_rerun_issues_and_serves_the_acme_certificate(tree, host):
     assert again.returncode == 0 and " 0 changed" in again.stdout, again.stdout
 
 
+def test_https_for_a_name_no_site_serves_gets_no_handshake(host):
+    # -k: only a refused handshake fails here, not the certificate's verification.
+    other = host.run(
+        "curl -sSk --resolve other.example:443:127.0.0.1 https://other.example/", check=False
+    )
+    assert other.returncode == 35, other  # CURLE_SSL_CONNECT_ERROR: no certificate, no site
+    assert "unrecognized name" in other.stderr, other.stderr
+    page = curl(host, f"--cacert {ROOT_PEM} -o /dev/null -w '%{{http_code}}' https://{DOMAIN}/health")
+    assert page == "200"
+
+
 def test_http_redirects_except_the_challenge_path(host):
     redirect = curl(host, f"-o /dev/null -w '%{{http_code}} %{{redirect_url}}' http://{DOMAIN}/a?b")
     assert redirect == f"301 https://{DOMAIN}/a?b"

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import configcheck
 import pytest
 
 SERVED = """issuer=CN = Pebble Intermediate CA 6a5b0c
@@ -79,3 +80,30 @@ def test_the_site_serves_https_and_keeps_only_the_challenge_on_port_80(acme_tree
     assert "return 301 https://$host$request_uri;" in plain
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in secure and "listen 80" not in secure
     assert 'Strict-Transport-Security "max-age=31536000" always' in secure
+
+
+def test_the_default_server_refuses_https_for_other_names_without_a_certificate(
+    acme_tree, tmp_path
+):
+    # nginx -t over the app's site and eep's default site together, as the host has them:
+    # the default server listens on 443 with no certificate, which nginx accepts only
+    # because it refuses every handshake there.
+    pair = [str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")]
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+        + ["-nodes", "-days", "1", "-subj", "/CN=shop.example.com"]
+        + ["-out", pair[0], "-keyout", pair[1]],
+        capture_output=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    site = (acme_tree / "config" / "nginx.conf").read_text()
+    site = site.replace("/etc/eep-tls/shop/cert.pem", pair[0])
+    site = site.replace("/etc/eep-tls/shop/key.pem", pair[1])
+    default = (acme_tree / "config" / "nginx-default.conf").read_text()
+    assert "listen 443 ssl default_server;" in default
+    both = tmp_path / "sites.conf"
+    both.write_text(default + site)
+    assert configcheck.check_nginx_site(both) is None
+    both.write_text(default.replace("ssl_reject_handshake on;", "") + site)
+    assert "ssl_certificate" in (configcheck.check_nginx_site(both) or "")
