@@ -107,3 +107,43 @@ def test_the_default_server_refuses_https_for_other_names_without_a_certificate(
     assert configcheck.check_nginx_site(both) is None
     both.write_text(default.replace("ssl_reject_handshake on;", "") + site)
     assert "ssl_certificate" in (configcheck.check_nginx_site(both) or "")
+
+
+SHORT_LIVED = """issuer=CN = Pebble Intermediate CA 6a5b0c
+notBefore=2026-01-01 00:00:00Z
+notAfter=2026-01-01 00:00:45Z
+X509v3 Subject Alternative Name: 
+    DNS:shop.example.com, DNS:www.shop.example.com
+"""
+
+
+@pytest.mark.parametrize(
+    ("now", "healthy", "says"),
+    [
+        ("00:00:10", True, "0 days left, for shop.example.com www.shop.example.com"),
+        ("00:00:31", False, "less than a third of its 45-second lifetime left"),
+        ("00:01:00", False, "expired 2026-01-01 00:00 UTC, for shop.example.com"),
+    ],
+)
+def test_the_served_certificate_is_named_with_its_time_left(acme_tree, now, healthy, says):
+    code = f"""
+import json
+from datetime import datetime
+from types import SimpleNamespace
+from eep import tls
+
+class Remote:
+    def run(self, *args, **kwargs):
+        return SimpleNamespace(stdout={SHORT_LIVED!r}, exited=0)
+
+class Clock(datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return datetime.fromisoformat("2026-01-01T{now}+00:00")
+
+tls.datetime = Clock
+print(json.dumps(tls.describe(Remote())))
+"""
+    text, fresh = json.loads(in_tree(acme_tree, code))
+    assert fresh is healthy and says in text, text
+    assert text.startswith("issuer CN = Pebble Intermediate CA 6a5b0c, ")

@@ -7,6 +7,7 @@ it; certbot renews from its own timer and reloads nginx through its deploy hook.
 
 from __future__ import annotations
 
+import re
 import shlex
 from datetime import UTC, datetime
 
@@ -118,6 +119,7 @@ def ensure_acme(remote: Remote, report: Report) -> None:
 SERVED = (
     f"openssl s_client -connect 127.0.0.1:443 -servername {app.DOMAINS[0]} </dev/null"
     " 2>/dev/null | openssl x509 -noout -issuer -startdate -enddate -dateopt iso_8601"
+    " -ext subjectAltName"
 )
 
 
@@ -134,6 +136,16 @@ def parse_served(out: str) -> tuple[str, datetime, datetime] | None:
     return fields.get("issuer", "?").strip(), start, end
 
 
+def san_names(out: str) -> list[str]:
+    """The DNS names of `openssl x509 -ext subjectAltName` output, in order."""
+    return re.findall(r"DNS:([^,\s]+)", out)
+
+
+def _span(seconds: float) -> str:
+    """A lifetime in words: days, or seconds for the short-lived certificates of a test CA."""
+    return f"{seconds / 86400:.0f}-day" if seconds >= 86400 else f"{seconds:.0f}-second"
+
+
 def lifetime_left(start: datetime, end: datetime, now: datetime) -> float:
     """The share of the certificate's lifetime still ahead (0 when expired)."""
     total = (end - start).total_seconds()
@@ -143,14 +155,17 @@ def lifetime_left(start: datetime, end: datetime, now: datetime) -> float:
 def describe(remote: Remote) -> tuple[str, bool]:
     """What `status` and the audit say about the served certificate; whether it is healthy:
     present, and with at least a third of its lifetime left."""
-    found = parse_served(remote.run(SERVED, check=False, changes=False).stdout)
+    out = remote.run(SERVED, check=False, changes=False).stdout
+    found = parse_served(out)
     if found is None:
         return "no certificate served on 443", False
     issuer, start, end = found
     now = datetime.now(UTC)
-    days = (end - now).days
     left = lifetime_left(start, end, now)
     self_signed = "CN=" + app.DOMAINS[0] == issuer.replace(" ", "")
-    kind = "self-signed" if self_signed else ""
-    text = f"issuer {issuer}, {days} days left" + (f" ({kind})" if kind else "")
+    when = f"{(end - now).days} days left" if now < end else f"expired {end:%Y-%m-%d %H:%M} UTC"
+    text = f"issuer {issuer}, {when}" + (" (self-signed)" if self_signed else "")
+    text += f", for {' '.join(san_names(out)) or '?'}"
+    if 0 < left < 1 / 3:
+        text += f", less than a third of its {_span((end - start).total_seconds())} lifetime left"
     return text, left >= 1 / 3
