@@ -109,6 +109,21 @@ def test_the_default_server_refuses_https_for_other_names_without_a_certificate(
     assert "ssl_certificate" in (configcheck.check_nginx_site(both) or "")
 
 
+def test_a_certificate_for_other_names_or_from_another_directory_is_issued_again(acme_tree):
+    code = """
+import json
+from eep import tls
+same = tls.reissue_reason(["www.shop.example.com", "shop.example.com"], "https://acme.example.org/dir")
+moved = tls.reissue_reason(["old.example.com"], "https://acme.example.org/dir")
+staging = tls.reissue_reason(["shop.example.com", "www.shop.example.com"], "https://staging/dir")
+print(json.dumps([same, moved, staging]))
+"""
+    same, moved, staging = json.loads(in_tree(acme_tree, code))
+    assert same == ""
+    assert moved == "it was for old.example.com"
+    assert staging == "it came from https://staging/dir"
+
+
 SHORT_LIVED = """issuer=CN = Pebble Intermediate CA 6a5b0c
 notBefore=2026-01-01 00:00:00Z
 notAfter=2026-01-01 00:00:45Z

@@ -21,6 +21,8 @@ SELF_SIGNED = (f"{TLS_DIR}/self-signed.crt", f"{TLS_DIR}/self-signed.key")
 ACME_LIVE = f"/etc/letsencrypt/live/{app.SLUG}"
 ACME_PAIR = (f"{ACME_LIVE}/fullchain.pem", f"{ACME_LIVE}/privkey.pem")
 WEBROOT = f"/var/lib/eep-acme/{app.SLUG}"
+# certbot's record of the certificate: names its webroot, directory, account and hook.
+RENEWAL = f"/etc/letsencrypt/renewal/{app.SLUG}.conf"
 TIMER = "certbot.timer"
 # What nginx reloads with after certbot renewed: stored by certbot in its renewal file
 # under /etc/letsencrypt (root's), never a script anyone else can write.
@@ -47,9 +49,15 @@ def ensure_self_signed(remote: Remote, report: Report) -> None:
     """The self-signed pair (made once, by root, the key 0600) and, when no ACME certificate
     is in use yet, the links to it: the site is served over HTTPS from the first provision."""
     cert, key = SELF_SIGNED
-    if remote.run(f"test -s {cert} -a -s {key}", check=False, changes=False).exited == 0:
+    out = remote.run(
+        f"test -s {cert} -a -s {key} && openssl x509 -in {cert} -noout -ext subjectAltName",
+        check=False,
+        changes=False,
+    )
+    have = san_names(out.stdout) if out.exited == 0 else []
+    if have == app.DOMAINS:
         report.unchanged("self-signed certificate", cert)
-    elif report.change("self-signed certificate", f"made {cert}"):
+    elif report.change("self-signed certificate", f"made {cert}" + (" (new names)" if have else "")):
         names = ",".join(f"DNS:{name}" for name in app.DOMAINS)
         # Written beside and renamed: never a half-written pair.
         remote.run(
@@ -85,9 +93,43 @@ def failure_line(output: str) -> str:
     return (lines[-1] if lines else "no output")[:200]
 
 
+def held(remote: Remote) -> tuple[list[str], str] | None:
+    """(DNS names, ACME directory) of the certificate certbot holds for this app; None
+    without one. Both read from root's files: the certificate and certbot's renewal file."""
+    out = remote.run(
+        f"test -s {ACME_PAIR[0]} && openssl x509 -in {ACME_PAIR[0]} -noout -ext subjectAltName"
+        f" && grep -h '^server = ' {RENEWAL}",
+        check=False,
+        changes=False,
+    )
+    if out.exited != 0 and not san_names(out.stdout):
+        return None
+    server = re.search(r"(?m)^server = (\S+)", out.stdout)
+    return san_names(out.stdout), server.group(1) if server else "?"
+
+
+def reissue_reason(names: list[str], server: str) -> str:
+    """Why the certificate certbot holds no longer fits the tree's answers; "" if it does."""
+    if {n.lower() for n in names} != {d.lower() for d in app.DOMAINS}:
+        return f"it was for {' '.join(names)}"
+    if server != app.ACME_DIRECTORY:
+        return f"it came from {server}"
+    return ""
+
+
+def _certbot(remote: Remote, command: str, kept: str) -> None:
+    done = remote.run(command + " 2>&1", check=False)
+    if done.exited != 0:
+        raise HostError(
+            f"the ACME server did not issue a certificate; the site keeps being served with"
+            f" {kept} (re-run provision to retry): {failure_line(done.stdout)}"
+        )
+
+
 def ensure_acme(remote: Remote, report: Report) -> None:
-    """After nginx serves the challenge path: a certificate issued once, then renewed by
-    certbot.timer; nginx switched to it and reloaded."""
+    """After nginx serves the challenge path: a certificate issued once for the tree's names
+    and ACME directory (again when either changed), renewed by certbot.timer; nginx
+    switched to it and reloaded."""
     if app.TLS != "acme" or report.check:
         return
     timer = remote.run(f"systemctl is-enabled {TIMER}", check=False, changes=False)
@@ -95,16 +137,20 @@ def ensure_acme(remote: Remote, report: Report) -> None:
         report.unchanged(f"renewal {TIMER}", "enabled")
     elif report.change(f"renewal {TIMER}", "enabled"):
         remote.run(f"systemctl enable --now {TIMER}")
-    have = remote.run(f"test -s {ACME_PAIR[0]}", check=False, changes=False).exited == 0
-    if have:
-        report.unchanged("acme certificate", ACME_LIVE)
-    elif report.change("acme certificate", f"issuing from {app.ACME_DIRECTORY}"):
-        done = remote.run(certbot_command() + " 2>&1", check=False)
-        if done.exited != 0:
-            raise HostError(
-                "the ACME server did not issue a certificate; the site keeps being served"
-                f" with the self-signed one (re-run provision to retry): {failure_line(done.stdout)}"
-            )
+    have = held(remote)
+    names = " ".join(app.DOMAINS)
+    if have is None:
+        if report.change("acme certificate", f"issuing from {app.ACME_DIRECTORY}"):
+            _certbot(remote, certbot_command(), "the self-signed one")
+    elif why := reissue_reason(*have):
+        # The same certificate name, the new names: certbot replaces the lineage's
+        # certificate (and records the directory), so the old names leave it.
+        if report.change("acme certificate", f"re-issued for {names} ({why})"):
+            command = certbot_command() + " --renew-with-new-domains --force-renewal"
+            _certbot(remote, command, "the previous one")
+            remote.run("systemctl reload nginx")
+    else:
+        report.unchanged("acme certificate", f"{ACME_LIVE}, for {names}")
     if _point_links(remote, report, ACME_PAIR, f"ACME ({ACME_LIVE})"):
         test = remote.run("nginx -t", check=False)
         if test.exited != 0:
