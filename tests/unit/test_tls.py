@@ -8,6 +8,7 @@ import sys
 
 import configcheck
 import pytest
+from test_tree_logic import FRESH_HOST, PROVISIONED
 
 SERVED = """issuer=CN = Pebble Intermediate CA 6a5b0c
 notBefore=2026-01-01 00:00:00Z
@@ -127,7 +128,7 @@ print(json.dumps([same, moved, staging]))
 SHORT_LIVED = """issuer=CN = Pebble Intermediate CA 6a5b0c
 notBefore=2026-01-01 00:00:00Z
 notAfter=2026-01-01 00:00:45Z
-X509v3 Subject Alternative Name: 
+X509v3 Subject Alternative Name:
     DNS:shop.example.com, DNS:www.shop.example.com
 """
 
@@ -162,3 +163,49 @@ print(json.dumps(tls.describe(Remote())))
     text, fresh = json.loads(in_tree(acme_tree, code))
     assert fresh is healthy and says in text, text
     assert text.startswith("issuer CN = Pebble Intermediate CA 6a5b0c, ")
+
+
+RENEWAL = "/etc/letsencrypt/renewal/shop.conf"
+EEPS_LINEAGE = "[renewalparams]\\nwebroot_path = /var/lib/eep-acme/shop,\\nserver = x\\n"
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        ("", ""),
+        (f'f["paths"]["{RENEWAL}"] = S(["regular file", "0644", "root", "root"])', ""),
+        (
+            f'f["paths"]["{RENEWAL}"] = S(["regular file", "0644", "root", "root"])\n'
+            f'f["texts"]["{RENEWAL}"] = "{EEPS_LINEAGE}"',
+            "",
+        ),
+        (
+            f'f["paths"]["{RENEWAL}"] = S(["regular file", "0644", "root", "root"])\n'
+            f'f["texts"]["{RENEWAL}"] = "webroot_path = /var/www/html,\\n"',
+            f"certbot's certificate shop ({RENEWAL}) was not issued by eep",
+        ),
+        (
+            'f["paths"]["/etc/eep-tls/shop"] = S(["directory", "0700", "root", "root"])',
+            "/etc/eep-tls/shop exists (root:root 0700) and is not eep's",
+        ),
+        (
+            'f["paths"]["/var/lib/eep-acme/shop"] = S(["directory", "0755", "root", "www-data"])',
+            "/var/lib/eep-acme/shop exists (root:www-data 0755) and is not eep's",
+        ),
+        (
+            'f["paths"]["/var/lib/eep-acme"] = S(["directory", "0777", "root", "root"])',
+            "/var/lib/eep-acme (directory root:root 0777) is not a directory only root can change",
+        ),
+    ],
+)
+def test_provisioning_takes_over_no_tls_directory_or_certificate_eep_did_not_make(
+    acme_tree, change, refusal
+):
+    # A host where eep provisioned `shop` (its TLS directories of the app's group) ...
+    code = f"{FRESH_HOST}{PROVISIONED}{change}\nprint(json.dumps(claims.adoption_problems(f)))"
+    found = json.loads(in_tree(acme_tree, code))
+    assert found[0].startswith(refusal) if refusal else found == [], found
+    # ... and where nothing of it exists yet: the same refusals.
+    fresh = f"{FRESH_HOST}{change}\nprint(json.dumps(claims.adoption_problems(f)))"
+    found = json.loads(in_tree(acme_tree, fresh))
+    assert found[0].startswith(refusal) if refusal else found == [], found
