@@ -57,7 +57,9 @@ def ensure_self_signed(remote: Remote, report: Report) -> None:
     have = san_names(out.stdout) if out.exited == 0 else []
     if have == app.DOMAINS:
         report.unchanged("self-signed certificate", cert)
-    elif report.change("self-signed certificate", f"made {cert}" + (" (new names)" if have else "")):
+    elif report.change(
+        "self-signed certificate", f"made {cert}" + (" (new names)" if have else "")
+    ):
         names = ",".join(f"DNS:{name}" for name in app.DOMAINS)
         # Written beside and renamed: never a half-written pair.
         remote.run(
