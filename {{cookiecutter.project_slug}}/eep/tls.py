@@ -132,7 +132,7 @@ def ensure_acme(remote: Remote, report: Report) -> None:
     """After nginx serves the challenge path: a certificate issued once for the tree's names
     and ACME directory (again when either changed), renewed by certbot.timer; nginx
     switched to it and reloaded."""
-    if app.TLS != "acme" or report.check:
+    if app.TLS != "acme":
         return
     timer = remote.run(f"systemctl is-enabled {TIMER}", check=False, changes=False)
     if timer.stdout.strip() == "enabled":
@@ -153,7 +153,8 @@ def ensure_acme(remote: Remote, report: Report) -> None:
             remote.run("systemctl reload nginx")
     else:
         report.unchanged("acme certificate", f"{ACME_LIVE}, for {names}")
-    if _point_links(remote, report, ACME_PAIR, f"ACME ({ACME_LIVE})"):
+    # --check: said what it would do; nothing was issued to switch to.
+    if _point_links(remote, report, ACME_PAIR, f"ACME ({ACME_LIVE})") and not report.check:
         test = remote.run("nginx -t", check=False)
         if test.exited != 0:
             remote.run(f"ln -sfn {SELF_SIGNED[0]} {CERT} && ln -sfn {SELF_SIGNED[1]} {KEY}")
