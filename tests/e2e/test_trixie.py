@@ -15,7 +15,6 @@ import time
 import pytest
 from e2e_support import BakedTree, bake_tree, load_test, snapshot_state, state_changes
 from test_deploy import SLUG, build, deploy, marker, page, settled_celery, task_started
-from test_https import DIRECTORY, PEBBLE_SETUP, PEBBLE_START
 
 pytestmark = pytest.mark.e2e
 
@@ -154,27 +153,3 @@ def test_the_app_serves_again_after_a_reboot_and_provisioning_still_changes_noth
     again = tree.provision(host)
     assert again.returncode == 0, again.stdout + again.stderr
     assert re.search(r"\] done: 0 changed, \d+ ok$", again.stdout, re.M), again.stdout
-
-
-def test_https_with_acme_is_issued_and_served(host, tmp_path_factory):
-    # A second app, tls: acme, against Debian 13's Pebble on the same host.
-    started = time.monotonic()
-    name = "tlsx.example.com"
-    host.run(PEBBLE_SETUP.format(domain=name), timeout=900)
-    host.run(PEBBLE_START(unit="", config="config", port=15000))
-    host.run("curl -sS https://localhost:15000/roots/0 -o /root/pebble-root.pem")
-    tree = bake_tree(
-        tmp_path_factory.mktemp("tlsx"),
-        "tlsx",
-        python_version="3.13",
-        tls="acme",
-        acme_directory=DIRECTORY,
-    )
-    done = tree.provision(host)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "now in use: ACME (/etc/letsencrypt/live/tlsx)" in done.stdout, done.stdout
-    answer = host.run(
-        f"curl -sS --cacert /root/pebble-root.pem -o /dev/null -w '%{{http_code}}' https://{name}/"
-    ).stdout
-    assert answer == "503"  # the app's site over Pebble's certificate; no release yet
-    print(f"tls=acme on Debian 13 in {time.monotonic() - started:.1f} s")
