@@ -138,9 +138,11 @@ def state_changes(before: str, after: str) -> list[str]:
 # A bounded closed-loop load generator, run ON the test host (its own network
 # namespace) against nginx on 127.0.0.1: prints one JSON line of results.
 LOAD_SCRIPT = r"""
-import http.client, json, sys, threading, time
+import http.client, json, ssl, sys, threading, time
 host, seconds, concurrency = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-keep_timeline = len(sys.argv) > 4  # every request as [start s, latency ms, ok]
+keep_timeline = "timeline" in sys.argv[4:]  # every request as [start s, latency ms, ok]
+# "https": to port 443 by name (it must resolve on the host), the certificate unchecked.
+tls = ssl._create_unverified_context() if "https" in sys.argv[4:] else None
 latencies, failures, timeline, lock = [], [], [], threading.Lock()
 answers = {}  # the first two words of each 2xx body ("sample v2"): which release answered
 began, began_wall = time.monotonic(), time.time()
@@ -149,7 +151,10 @@ def worker():
     while time.monotonic() < deadline:
         start = time.monotonic()
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", 80, timeout=10)
+            if tls:
+                conn = http.client.HTTPSConnection(host, 443, timeout=10, context=tls)
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", 80, timeout=10)
             conn.request("GET", "/", headers={"Host": host})
             response = conn.getresponse()
             body = response.read()
@@ -184,9 +189,17 @@ class load_test:  # noqa: N801 - used as a context manager, reads like a functio
     """Run LOAD_SCRIPT on the host while the `with` body runs; `.stats` afterwards."""
 
     def __init__(
-        self, host, server_name: str, *, seconds: float, concurrency: int, timeline: bool = False
+        self,
+        host,
+        server_name: str,
+        *,
+        seconds: float,
+        concurrency: int,
+        timeline: bool = False,
+        https: bool = False,
     ) -> None:
         args = f"{server_name} {seconds} {concurrency}" + (" timeline" if timeline else "")
+        args += " https" if https else ""
         self.command = [*host.ssh_command(), f"python3 - {args}"]
         self.stats: dict = {}
 

@@ -10,8 +10,10 @@ with --cacert. One host for the module; the tests run in order.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
+from datetime import UTC, datetime
 
 import pytest
 from e2e_support import bake_tree
@@ -44,15 +46,21 @@ cat > config.json <<EOF
   "httpPort": 80, "tlsPort": 5001, "ocspResponderURL": "",
   "externalAccountBindingRequired": false}}}}
 EOF
+# A second Pebble whose certificates live 90 seconds (certificateValidityPeriod): the
+# audit must read one between 2/3 of its lifetime and its end, also on a busy machine.
+sed -e 's/:14000/:14001/; s/:15000/:15001/; s/5001/5002/' \
+  -e 's/"httpPort"/"certificateValidityPeriod": 90, "httpPort"/' config.json > short.json
 cp ca.crt /usr/local/share/ca-certificates/pebble-listener.crt
 update-ca-certificates >/dev/null
 """
 PEBBLE_START = (
-    "systemd-run --unit pebble -E PEBBLE_VA_NOSLEEP=1 -E PEBBLE_WFE_NONCEREJECT=0"
-    " /usr/bin/pebble -config /etc/pebble/config.json"
-    " && for i in $(seq 50); do curl -sf https://localhost:15000/roots/0 -o /dev/null && break;"
+    "systemd-run --unit pebble{unit} -E PEBBLE_VA_NOSLEEP=1 -E PEBBLE_WFE_NONCEREJECT=0"
+    " /usr/bin/pebble -config /etc/pebble/{config}.json"
+    " && for i in $(seq 50); do curl -sf https://localhost:{port}/roots/0 -o /dev/null && break;"
     " sleep 0.2; done"
-)
+).format
+DIRECTORY = "https://localhost:14000/dir"
+SHORT_LIVED = "https://localhost:14001/dir"  # the second Pebble: 90-second certificates
 
 # Requests over HTTPS from the host itself, trusting only Pebble's root; one JSON line.
 HTTPS_LOAD = r"""
@@ -93,7 +101,7 @@ def tree(tmp_path_factory):
         tmp_path_factory.mktemp("trees"),
         SLUG,
         tls="acme",
-        acme_directory="https://localhost:14000/dir",
+        acme_directory=DIRECTORY,
         acme_email=f"ops@{DOMAIN}",
         hsts="y",
     )
@@ -125,11 +133,27 @@ def curl(host, args: str) -> str:
     return host.run(f"curl -sS {args}", check=False).stdout
 
 
-def served_serial(host) -> str:
+def served(host, fields: str, name: str = DOMAIN) -> str:
     return host.run(
-        f"openssl s_client -connect 127.0.0.1:443 -servername {DOMAIN} </dev/null 2>/dev/null"
-        " | openssl x509 -noout -serial"
+        f"openssl s_client -connect 127.0.0.1:443 -servername {name} </dev/null 2>/dev/null"
+        f" | openssl x509 -noout {fields}"
     ).stdout.strip()
+
+
+def served_serial(host) -> str:
+    return served(host, "-serial")
+
+
+def served_lifetime(host) -> tuple[datetime, datetime]:
+    dates = dict(
+        line.split("=", 1)
+        for line in served(host, "-startdate -enddate -dateopt iso_8601").split("\n")
+    )
+    start, end = (
+        datetime.strptime(dates[key], "%Y-%m-%d %H:%M:%SZ").replace(tzinfo=UTC)
+        for key in ("notBefore", "notAfter")
+    )
+    return start, end
 
 
 def test_acme_server_down_one_line_self_signed_served(tree, host, tmp_path_factory):
@@ -152,7 +176,7 @@ def test_acme_server_down_one_line_self_signed_served(tree, host, tmp_path_facto
 
 
 def test_rerun_issues_and_serves_the_acme_certificate(tree, host):
-    host.run(PEBBLE_START)
+    host.run(PEBBLE_START(unit="", config="config", port=15000))
     host.run(f"curl -sS https://localhost:15000/roots/0 -o {ROOT_PEM}")
     done = tree.provision(host)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -162,6 +186,19 @@ def test_rerun_issues_and_serves_the_acme_certificate(tree, host):
     assert "strict-transport-security: max-age=31536000" in page.lower()
     again = tree.provision(host)
     assert again.returncode == 0 and " 0 changed" in again.stdout, again.stdout
+
+
+def test_https_for_a_name_no_site_serves_gets_no_handshake(host):
+    # -k: only a refused handshake fails here, not the certificate's verification.
+    other = host.run(
+        "curl -sSk --resolve other.example:443:127.0.0.1 https://other.example/", check=False
+    )
+    assert other.returncode == 35, other  # CURLE_SSL_CONNECT_ERROR: no certificate, no site
+    assert "unrecognized name" in other.stderr, other.stderr
+    page = curl(
+        host, f"--cacert {ROOT_PEM} -o /dev/null -w '%{{http_code}}' https://{DOMAIN}/health"
+    )
+    assert page == "200"
 
 
 def test_http_redirects_except_the_challenge_path(host):
@@ -180,7 +217,7 @@ def test_a_failing_challenge_is_one_line_and_the_site_keeps_being_served(host, t
         tmp_path_factory.mktemp("nodns"),
         other,
         tls="acme",
-        acme_directory="https://localhost:14000/dir",
+        acme_directory=DIRECTORY,
     )
     done = tree.provision(host)
     assert done.returncode != 0
@@ -199,6 +236,43 @@ def test_a_failing_challenge_is_one_line_and_the_site_keeps_being_served(host, t
         host, f"--cacert {ROOT_PEM} -o /dev/null -w '%{{http_code}}' https://{DOMAIN}/health"
     )
     assert first == "200"
+
+
+def test_a_changed_domain_is_issued_again_without_the_old_name(host, tmp_path_factory):
+    # An app on the host, provisioned, then baked again with another domain.
+    first = bake_tree(
+        tmp_path_factory.mktemp("moved"), "moved", tls="acme", acme_directory=DIRECTORY
+    )
+    host.run("echo '127.0.0.1 moved.example.com moved.example.org' >> /etc/hosts")
+    done = first.provision(host)
+    assert done.returncode == 0, done.stdout + done.stderr
+    again = tmp_path_factory.mktemp("moved-again")
+    for key in (first.deploy_key, first.deploy_key.with_suffix(".pub")):
+        shutil.copy(key, again)
+    moved = bake_tree(
+        again, "moved", tls="acme", acme_directory=DIRECTORY, domain="moved.example.org"
+    )
+    planned = moved.provision(host, "--check")
+    assert "would change" in planned.stdout and "re-issued for moved.example.org" in planned.stdout
+    done = moved.provision(host)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (
+        "acme certificate: re-issued for moved.example.org (it was for moved.example.com)"
+        in done.stdout
+    ), done.stdout
+    names = host.run(
+        "openssl x509 -in /etc/letsencrypt/live/moved/fullchain.pem -noout -ext subjectAltName"
+    ).stdout
+    assert "DNS:moved.example.org" in names and "moved.example.com" not in names, names
+    assert served(host, "-serial", "moved.example.org") != ""
+    page = curl(
+        host, f"--cacert {ROOT_PEM} -o /dev/null -w '%{{http_code}}' https://moved.example.org/"
+    )
+    assert page == "503"  # the app's site, no release yet
+    old = host.run("curl -sSk https://moved.example.com/", check=False)
+    assert old.returncode == 35, old  # no site has the old name: the handshake is refused
+    third = moved.provision(host)
+    assert third.returncode == 0 and " 0 changed" in third.stdout, third.stdout
 
 
 def test_status_shows_issuer_and_days_left(tree, host):
@@ -234,6 +308,38 @@ def test_keys_and_state_are_roots_alone_audit_catches_a_readable_key_and_no_rene
         host.run("systemctl enable certbot.timer")
     assert unscheduled.returncode != 0
     assert "FAIL  certificate renewal scheduled: certbot.timer is disabled" in unscheduled.stdout
+
+
+def test_audit_fails_with_a_third_of_the_lifetime_left_until_renewal(tree, host):
+    # The certificate certbot holds for the app, from a CA issuing 90-second certificates:
+    # within a minute it is where a 90-day one is after 60 days without renewal.
+    host.run(PEBBLE_START(unit="-short", config="short", port=15001))
+    host.run(
+        "certbot certonly -n -q --agree-tos --register-unsafely-without-email"
+        f" --server {SHORT_LIVED} --cert-name {SLUG} --force-renewal --webroot"
+        f" -w /var/lib/eep-acme/{SLUG} -d {DOMAIN} --deploy-hook 'systemctl reload nginx'"
+    )
+    start, end = served_lifetime(host)
+    assert (end - start).total_seconds() <= 120, (start, end)
+    time.sleep(max(0.0, (start + (end - start) * 2 / 3 - datetime.now(UTC)).total_seconds() + 1))
+    failed = audit_as_root(tree, host)
+    assert failed.returncode != 0
+    line = next(x for x in failed.stdout.splitlines() if "certificate served on 443" in x)
+    assert "FAIL  certificate served on 443: issuer CN = Pebble" in line, line
+    assert f"0 days left, for {DOMAIN}, less than a third of its" in line, line
+    assert line.endswith("-second lifetime left"), line
+    # What certbot.timer starts: certbot renews what is due, the deploy hook reloads nginx.
+    before = served_serial(host)
+    host.run("systemctl start certbot.service")
+    assert served_serial(host) != before
+    passed = audit_as_root(tree, host)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    # The tree names the long-lived directory: provisioning issues from it again.
+    done = tree.provision(host)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"re-issued for {DOMAIN} (it came from {SHORT_LIVED})" in done.stdout, done.stdout
+    start, end = served_lifetime(host)
+    assert (end - start).days > 300
 
 
 def test_forced_renewal_under_load_fails_no_request(host):

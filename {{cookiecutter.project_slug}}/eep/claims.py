@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 
-from eep import app
+from eep import app, tls
 from eep.accounts import MARK
 from eep.manifest import HOST_FILES, host_file
 from eep.nginx import ENABLED
@@ -31,6 +31,11 @@ from eep.supervisor import PROGRAMS
 
 # Top directories of the app: everything below them is made by eep or its accounts.
 TOP_DIRS = [app.APP_ROOT, app.LOG_DIR, app.CONF_DIR, app.RUN_DIR, f"/home/{app.DEPLOY_USER}"]
+if app.TLS != "none":
+    TOP_DIRS += [tls.TLS_DIR, tls.WEBROOT]
+# certbot's certificate of the app's name (--cert-name <slug>) is eep's when its renewal
+# file names the app's webroot: only eep uses /var/lib/eep-acme/<slug>.
+LINEAGE = {tls.RENEWAL: f"webroot_path = {tls.WEBROOT}"} if app.TLS == "acme" else {}
 # Config files with fixed names outside those directories, recognised by their first line.
 FILES = [f.path for f in HOST_FILES if not f.path.startswith(tuple(d + "/" for d in TOP_DIRS))]
 MARKER = re.compile(r"[#;] eep: ")
@@ -53,16 +58,16 @@ def ancestors(path: str) -> list[str]:
 
 
 # Every path the decision looks at: the app's top directories, their parents, the files.
-PATHS = sorted({p for d in TOP_DIRS for p in [*ancestors(d), d]} | {*FILES, ENABLED})
+PATHS = sorted({p for d in TOP_DIRS for p in [*ancestors(d), d]} | {*FILES, *LINEAGE, ENABLED})
 
 
 def read_facts(remote: Remote) -> dict:
     """Everything the decision needs; paths and files as Remote.prefetch read them (the
     provisioning's one read includes PATHS), the rest in one run of eep/host/claims.py."""
     if not all(remote.is_known(p) for p in PATHS):
-        remote.prefetch(PATHS, FILES)
+        remote.prefetch(PATHS, FILES + list(LINEAGE))
     # None: missing, or not readable by this account (the audit as the deploy account).
-    contents = {p: remote.read(p) for p in FILES}
+    contents = {p: remote.read(p) for p in FILES + list(LINEAGE)}
     texts = {p: None if c is None else c.decode(errors="replace") for p, c in contents.items()}
     request = {
         "accounts": [app.RUNTIME_USER, app.DEPLOY_USER],
@@ -148,6 +153,14 @@ def _paths(facts: dict) -> list[str]:
         # An unreadable file (the audit as the deploy account) is judged by root's run only.
         if have and (have.kind != "regular file" or text is not None and not MARKER.match(text)):
             problems.append(f"{path} exists and was not written by eep")
+    for path, mark in LINEAGE.items():
+        text = facts["texts"].get(path)
+        if (
+            stats.get(path)
+            and text is not None
+            and not re.search(rf"(?m)^{re.escape(mark)},?$", text)
+        ):
+            problems.append(f"certbot's certificate {app.SLUG} ({path}) was not issued by eep")
     if stats[ENABLED] and facts["link"] != host_file("config/nginx.conf").path:
         problems.append(f"{ENABLED} exists and is not eep's link to the app's site")
     return problems

@@ -41,11 +41,14 @@ if app.DATABASE == "postgresql":
 if app.TLS != "none":
     # Certificates and keys nginx serves (eep/tls.py): root's alone. Not under /etc/eep,
     # whose entries are the apps' (an app may be called "tls").
+    # The app's group on the app's own directories grants nothing (no group bits) and
+    # marks them as eep's for eep/claims.py, as on the app's other directories.
     DIRECTORIES["/etc/eep-tls"] = directory("root", "root", 0o700)
-    DIRECTORIES[f"/etc/eep-tls/{app.SLUG}"] = directory("root", "root", 0o700)
-    # The ACME client's webroot: root writes challenge tokens, nginx (www-data) reads them.
+    DIRECTORIES[f"/etc/eep-tls/{app.SLUG}"] = directory("root", RUNTIME, 0o700)
+    # The ACME client's webroot: root writes challenge tokens, nginx (www-data, a member
+    # of the app's group) reads them.
     DIRECTORIES["/var/lib/eep-acme"] = directory("root", "root", 0o755)
-    DIRECTORIES[f"/var/lib/eep-acme/{app.SLUG}"] = directory("root", "root", 0o755)
+    DIRECTORIES[f"/var/lib/eep-acme/{app.SLUG}"] = directory("root", RUNTIME, 0o750)
 
 # Files the app user makes itself (root never writes in shared/): checked when present.
 APP_FILES: dict[str, PathState] = {

@@ -7,6 +7,7 @@ it; certbot renews from its own timer and reloads nginx through its deploy hook.
 
 from __future__ import annotations
 
+import re
 import shlex
 from datetime import UTC, datetime
 
@@ -20,6 +21,8 @@ SELF_SIGNED = (f"{TLS_DIR}/self-signed.crt", f"{TLS_DIR}/self-signed.key")
 ACME_LIVE = f"/etc/letsencrypt/live/{app.SLUG}"
 ACME_PAIR = (f"{ACME_LIVE}/fullchain.pem", f"{ACME_LIVE}/privkey.pem")
 WEBROOT = f"/var/lib/eep-acme/{app.SLUG}"
+# certbot's record of the certificate: names its webroot, directory, account and hook.
+RENEWAL = f"/etc/letsencrypt/renewal/{app.SLUG}.conf"
 TIMER = "certbot.timer"
 # What nginx reloads with after certbot renewed: stored by certbot in its renewal file
 # under /etc/letsencrypt (root's), never a script anyone else can write.
@@ -46,9 +49,17 @@ def ensure_self_signed(remote: Remote, report: Report) -> None:
     """The self-signed pair (made once, by root, the key 0600) and, when no ACME certificate
     is in use yet, the links to it: the site is served over HTTPS from the first provision."""
     cert, key = SELF_SIGNED
-    if remote.run(f"test -s {cert} -a -s {key}", check=False, changes=False).exited == 0:
+    out = remote.run(
+        f"test -s {cert} -a -s {key} && openssl x509 -in {cert} -noout -ext subjectAltName",
+        check=False,
+        changes=False,
+    )
+    have = san_names(out.stdout) if out.exited == 0 else []
+    if have == app.DOMAINS:
         report.unchanged("self-signed certificate", cert)
-    elif report.change("self-signed certificate", f"made {cert}"):
+    elif report.change(
+        "self-signed certificate", f"made {cert}" + (" (new names)" if have else "")
+    ):
         names = ",".join(f"DNS:{name}" for name in app.DOMAINS)
         # Written beside and renamed: never a half-written pair.
         remote.run(
@@ -84,27 +95,66 @@ def failure_line(output: str) -> str:
     return (lines[-1] if lines else "no output")[:200]
 
 
+def held(remote: Remote) -> tuple[list[str], str] | None:
+    """(DNS names, ACME directory) of the certificate certbot holds for this app; None
+    without one. Both read from root's files: the certificate and certbot's renewal file."""
+    out = remote.run(
+        f"test -s {ACME_PAIR[0]} && openssl x509 -in {ACME_PAIR[0]} -noout -ext subjectAltName"
+        f" && grep -h '^server = ' {RENEWAL}",
+        check=False,
+        changes=False,
+    )
+    if out.exited != 0 and not san_names(out.stdout):
+        return None
+    server = re.search(r"(?m)^server = (\S+)", out.stdout)
+    return san_names(out.stdout), server.group(1) if server else "?"
+
+
+def reissue_reason(names: list[str], server: str) -> str:
+    """Why the certificate certbot holds no longer fits the tree's answers; "" if it does."""
+    if {n.lower() for n in names} != {d.lower() for d in app.DOMAINS}:
+        return f"it was for {' '.join(names)}"
+    if server != app.ACME_DIRECTORY:
+        return f"it came from {server}"
+    return ""
+
+
+def _certbot(remote: Remote, command: str, kept: str) -> None:
+    done = remote.run(command + " 2>&1", check=False)
+    if done.exited != 0:
+        raise HostError(
+            f"the ACME server did not issue a certificate; the site keeps being served with"
+            f" {kept} (re-run provision to retry): {failure_line(done.stdout)}"
+        )
+
+
 def ensure_acme(remote: Remote, report: Report) -> None:
-    """After nginx serves the challenge path: a certificate issued once, then renewed by
-    certbot.timer; nginx switched to it and reloaded."""
-    if app.TLS != "acme" or report.check:
+    """After nginx serves the challenge path: a certificate issued once for the tree's names
+    and ACME directory (again when either changed), renewed by certbot.timer; nginx
+    switched to it and reloaded."""
+    if app.TLS != "acme":
         return
     timer = remote.run(f"systemctl is-enabled {TIMER}", check=False, changes=False)
     if timer.stdout.strip() == "enabled":
         report.unchanged(f"renewal {TIMER}", "enabled")
     elif report.change(f"renewal {TIMER}", "enabled"):
         remote.run(f"systemctl enable --now {TIMER}")
-    have = remote.run(f"test -s {ACME_PAIR[0]}", check=False, changes=False).exited == 0
-    if have:
-        report.unchanged("acme certificate", ACME_LIVE)
-    elif report.change("acme certificate", f"issuing from {app.ACME_DIRECTORY}"):
-        done = remote.run(certbot_command() + " 2>&1", check=False)
-        if done.exited != 0:
-            raise HostError(
-                "the ACME server did not issue a certificate; the site keeps being served"
-                f" with the self-signed one (re-run provision to retry): {failure_line(done.stdout)}"
-            )
-    if _point_links(remote, report, ACME_PAIR, f"ACME ({ACME_LIVE})"):
+    have = held(remote)
+    names = " ".join(app.DOMAINS)
+    if have is None:
+        if report.change("acme certificate", f"issuing from {app.ACME_DIRECTORY}"):
+            _certbot(remote, certbot_command(), "the self-signed one")
+    elif why := reissue_reason(*have):
+        # The same certificate name, the new names: certbot replaces the lineage's
+        # certificate (and records the directory), so the old names leave it.
+        if report.change("acme certificate", f"re-issued for {names} ({why})"):
+            command = certbot_command() + " --renew-with-new-domains --force-renewal"
+            _certbot(remote, command, "the previous one")
+            remote.run("systemctl reload nginx")
+    else:
+        report.unchanged("acme certificate", f"{ACME_LIVE}, for {names}")
+    # --check: said what it would do; nothing was issued to switch to.
+    if _point_links(remote, report, ACME_PAIR, f"ACME ({ACME_LIVE})") and not report.check:
         test = remote.run("nginx -t", check=False)
         if test.exited != 0:
             remote.run(f"ln -sfn {SELF_SIGNED[0]} {CERT} && ln -sfn {SELF_SIGNED[1]} {KEY}")
@@ -118,6 +168,7 @@ def ensure_acme(remote: Remote, report: Report) -> None:
 SERVED = (
     f"openssl s_client -connect 127.0.0.1:443 -servername {app.DOMAINS[0]} </dev/null"
     " 2>/dev/null | openssl x509 -noout -issuer -startdate -enddate -dateopt iso_8601"
+    " -ext subjectAltName"
 )
 
 
@@ -134,6 +185,16 @@ def parse_served(out: str) -> tuple[str, datetime, datetime] | None:
     return fields.get("issuer", "?").strip(), start, end
 
 
+def san_names(out: str) -> list[str]:
+    """The DNS names of `openssl x509 -ext subjectAltName` output, in order."""
+    return re.findall(r"DNS:([^,\s]+)", out)
+
+
+def _span(seconds: float) -> str:
+    """A lifetime in words: days, or seconds for the short-lived certificates of a test CA."""
+    return f"{seconds / 86400:.0f}-day" if seconds >= 86400 else f"{seconds:.0f}-second"
+
+
 def lifetime_left(start: datetime, end: datetime, now: datetime) -> float:
     """The share of the certificate's lifetime still ahead (0 when expired)."""
     total = (end - start).total_seconds()
@@ -143,14 +204,17 @@ def lifetime_left(start: datetime, end: datetime, now: datetime) -> float:
 def describe(remote: Remote) -> tuple[str, bool]:
     """What `status` and the audit say about the served certificate; whether it is healthy:
     present, and with at least a third of its lifetime left."""
-    found = parse_served(remote.run(SERVED, check=False, changes=False).stdout)
+    out = remote.run(SERVED, check=False, changes=False).stdout
+    found = parse_served(out)
     if found is None:
         return "no certificate served on 443", False
     issuer, start, end = found
     now = datetime.now(UTC)
-    days = (end - now).days
     left = lifetime_left(start, end, now)
     self_signed = "CN=" + app.DOMAINS[0] == issuer.replace(" ", "")
-    kind = "self-signed" if self_signed else ""
-    text = f"issuer {issuer}, {days} days left" + (f" ({kind})" if kind else "")
+    when = f"{(end - now).days} days left" if now < end else f"expired {end:%Y-%m-%d %H:%M} UTC"
+    text = f"issuer {issuer}, {when}" + (" (self-signed)" if self_signed else "")
+    text += f", for {' '.join(san_names(out)) or '?'}"
+    if 0 < left < 1 / 3:
+        text += f", less than a third of its {_span((end - start).total_seconds())} lifetime left"
     return text, left >= 1 / 3
