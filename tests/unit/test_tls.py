@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -104,6 +105,8 @@ def test_the_default_server_refuses_https_for_other_names_without_a_certificate(
     default = (acme_tree / "config" / "nginx-default.conf").read_text()
     assert "listen 443 ssl default_server;" in default
     both = tmp_path / "sites.conf"
+    # The site includes the balancer snippet; configcheck finds it beside the file checked.
+    shutil.copy(acme_tree / "config" / "nginx-balancer.conf", tmp_path)
     both.write_text(default + site)
     assert configcheck.check_nginx_site(both) is None
     both.write_text(default.replace("ssl_reject_handshake on;", "") + site)
