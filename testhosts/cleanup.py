@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import cgroups, image, locks, network, procs, snapshots
+from . import cgroups, image, lan, locks, network, procs, snapshots
 from .host import teardown
 from .paths import netns_name, state_dir
 
@@ -44,7 +44,7 @@ def _leftover_reason(host_dir: Path) -> str | None:
 
 def cleanup_leftovers() -> list[str]:
     """Tear down hosts of crashed runs and stray processes, mounts, netns,
-    cgroups and old bases. Live hosts and deliberately stopped ones are kept,
+    LANs, cgroups and old bases. Live hosts and deliberately stopped ones are kept,
     so this is safe at the start of every test session. Returns what it did.
     """
     layout = state_dir()
@@ -78,6 +78,7 @@ def cleanup_leftovers() -> list[str]:
             if netns not in wanted:
                 network.delete_netns(netns)
                 done.append(f"netns {netns}")
+        done.extend(_remove_unused_lans(kept))
 
         for leftover in layout.image_dir.glob("*.tmp"):
             if not locks.is_locked(layout.image_lock_file):
@@ -101,6 +102,22 @@ def cleanup_leftovers() -> list[str]:
                 done.append(f"base {path.name}")
     for line in done:
         log.debug("cleanup: %s", line)
+    return done
+
+
+def _remove_unused_lans(kept: set[str]) -> list[str]:
+    """Remove the LAN netns no kept host is on (their hosts crashed or were removed)."""
+    layout = state_dir()
+    wanted = set()
+    for name in kept:
+        state = _state(layout.host_dir(name))
+        if state and state.get("lan"):
+            wanted.add(state["lan"])
+    done = []
+    for name in lan.list_lans():
+        if name not in wanted:
+            lan.remove_lan(name)
+            done.append(f"LAN {name}")
     return done
 
 

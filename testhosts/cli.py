@@ -15,10 +15,16 @@ from .errors import CommandError, HarnessError
 
 def _cmd_up(args: argparse.Namespace) -> int:
     made = host.create_host(
-        args.name, from_snapshot=args.from_snapshot, release=args.release, timeout=args.timeout
+        args.name,
+        from_snapshot=args.from_snapshot,
+        release=args.release,
+        lan=args.lan,
+        timeout=args.timeout,
     )
     print(made.ssh_line())
     print(made.http_url)
+    if made.lan_ip:
+        print(f"{made.lan_ip} on LAN {made.lan}")
     return 0
 
 
@@ -55,9 +61,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
         memory = f"{item.memory_usage() / 2**20:.0f} MiB" if status == "running" else "-"
         print(
             f"{item.name:<24} {item.release:<9} {status:<8} ssh 127.0.0.1:{item.ssh_port:<5} "
-            f"http 127.0.0.1:{item.http_port:<5} mem {memory}"
+            f"http 127.0.0.1:{item.http_port:<5} lan {_lan_column(item):<28} mem {memory}"
         )
     return 0
+
+
+def _lan_column(item: host.Host) -> str:
+    return f"{item.lan_ip} ({item.lan})" if item.lan else "-"
 
 
 def _cmd_ssh(args: argparse.Namespace) -> int:
@@ -137,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("name", help="host name (hostname too): a-z, 0-9, '-'")
     up.add_argument("--from-snapshot", metavar="S", help="boot from snapshot S")
     up.add_argument("--release", choices=sorted(releases.RELEASES), help=release_help)
+    up.add_argument("--lan", metavar="LAN", help="join private LAN LAN (interface lan0)")
     up.add_argument("--timeout", type=float, default=60, help="boot timeout, s")
 
     down = add("down", _cmd_down, "destroy a host and everything it left")
@@ -153,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     reboot.add_argument("name")
     reboot.add_argument("--timeout", type=float, default=60)
 
-    add("list", _cmd_list, "list hosts with status, ports and memory")
+    add("list", _cmd_list, "list hosts with status, ports, LAN address and memory")
 
     ssh = add("ssh", _cmd_ssh, "ssh into a host, or run CMD there")
     ssh.add_argument("name")

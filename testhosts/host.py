@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from . import cgroups, deps, guest, image, locks, network, procs, releases, snapshots
+from . import lan as lans
 from .errors import CommandError, HarnessError
 from .paths import check_host_name, netns_name, state_dir
 
@@ -93,7 +94,9 @@ class Host:
 
     Attributes: name, release (Debian codename), ssh_port, http_port, key_path (root's private key),
     known_hosts_path (pins this host's ed25519 key for [127.0.0.1]:ssh_port),
-    rootfs (the guest's root tree as seen from the machine), dir (state dir).
+    rootfs (the guest's root tree as seen from the machine), dir (state dir),
+    lan and lan_ip (the private LAN it is on and its address there, the
+    guest's interface lan0; both None when it is on none).
     """
 
     def __init__(self, host_dir: Path, state: dict) -> None:
@@ -105,6 +108,8 @@ class Host:
         self.ssh_port: int = state["ssh_port"]
         self.http_port: int = state["http_port"]
         self.netns: str = state["netns"]
+        self.lan: str | None = state.get("lan")
+        self.lan_ip: str | None = state.get("lan_ip")
         self.base = Path(state["base"])
         # Read-only snapshot layers between the host's upper dir and the base.
         self.layers = [Path(p) for p in state.get("layers", [])]
@@ -115,9 +120,10 @@ class Host:
         self._runner: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
+        on_lan = f", lan={self.lan!r}, lan_ip={self.lan_ip!r}" if self.lan else ""
         return (
             f"Host({self.name!r}, release={self.release!r}, ssh_port={self.ssh_port},"
-            f" http_port={self.http_port})"
+            f" http_port={self.http_port}{on_lan})"
         )
 
     # ---- ssh -----------------------------------------------------------------
@@ -285,6 +291,18 @@ class Host:
         network.add_forward(api, self.ssh_port, 22)
         network.add_forward(api, self.http_port, 80)
 
+    def _ensure_lan(self) -> None:
+        """Plug the host's netns into its LAN, if it is on one and not plugged in;
+        keep every other LAN's traffic off its uplink."""
+        lans.keep_off_uplink(self.netns)
+        if self.lan and self.lan_ip:
+            lans.attach(self.lan, self.netns, self.lan_ip)
+
+    def _leave_lan(self) -> None:
+        if self.lan and self.lan_ip:
+            with locks.file_lock(state_dir().lock_file):
+                lans.detach(self.lan, self.lan_ip)
+
     def _launch_runner(self) -> None:
         (self.dir / "runner.pid").unlink(missing_ok=True)
         env = dict(os.environ)
@@ -354,13 +372,17 @@ class Host:
         return system_state
 
     def start(self, timeout: float = 60) -> None:
-        """Boot the host (again), keeping its disk state."""
+        """Boot the host (again), keeping its disk state. On a running host it
+        only plugs the host into its LAN again if that was undone."""
         if self.is_running():
+            with locks.file_lock(state_dir().lock_file):
+                self._ensure_lan()
             return
         started = time.monotonic()
         with locks.file_lock(state_dir().lock_file):
             self._mount_rootfs()
             self._ensure_network()
+            self._ensure_lan()
             self._state["desired"] = "running"
             self._save_state()
             self._launch_runner()
@@ -387,6 +409,9 @@ class Host:
         if self._runner is not None:
             self._runner.wait(timeout=5)
             self._runner = None
+        # A stopped host must not answer on the LAN: its netns still would
+        # (ARP, and a refusal for every port), unlike a switched-off server.
+        self._leave_lan()
         log.info("host %s: stopped in %.1f s", self.name, time.monotonic() - started)
 
     def reboot(self, timeout: float = 60) -> None:
@@ -439,7 +464,9 @@ class Host:
 
 
 def teardown(host_dir: Path, name: str) -> None:
-    """Remove every trace of a host, whatever state it is in."""
+    """Remove every trace of a host, whatever state it is in; its LAN too
+    when it was the LAN's last host. Callers hold the hosts lock."""
+    state = _read_state(host_dir) or {}
     cgroups.kill(name)
     cgroups.remove(name)
     pids = procs.pids_referencing(host_dir)
@@ -447,18 +474,28 @@ def teardown(host_dir: Path, name: str) -> None:
     if not procs.wait_gone(pids, 10):
         raise HarnessError(f"host {name}: processes {pids} do not die")
     _unmount_below(host_dir)
+    if state.get("lan") and state.get("lan_ip"):
+        lans.detach(state["lan"], state["lan_ip"])
     network.delete_netns(netns_name(name))
     shutil.rmtree(host_dir, ignore_errors=True)
     if host_dir.exists():
         raise HarnessError(f"host {name}: could not remove {host_dir}")
     state_dir().console_log(name).unlink(missing_ok=True)
+    if state.get("lan") and state["lan"] not in {member for member, _ in _lan_members()}:
+        lans.remove_lan(state["lan"])
+
+
+def _read_state(host_dir: Path) -> dict | None:
+    try:
+        return json.loads((host_dir / "state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def _load(host_dir: Path) -> Host:
-    try:
-        state = json.loads((host_dir / "state.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        raise HarnessError(f"no test host named {host_dir.name!r}") from None
+    state = _read_state(host_dir)
+    if state is None:
+        raise HarnessError(f"no test host named {host_dir.name!r}")
     return Host(host_dir, state)
 
 
@@ -484,11 +521,17 @@ def _used_ports() -> set[int]:
     return ports
 
 
+def _lan_members() -> list[tuple[str, str]]:
+    """(LAN, address) of every host on a LAN."""
+    return [(host.lan, host.lan_ip) for host in list_hosts() if host.lan and host.lan_ip]
+
+
 def create_host(
     name: str,
     *,
     from_snapshot: str | None = None,
     release: str | None = None,
+    lan: str | None = None,
     timeout: float = 60,
     owner_pid: int | None = None,
 ) -> Host:
@@ -497,10 +540,14 @@ def create_host(
     from_snapshot: boot from a snapshot's disk state instead of the fresh image.
     release: the Debian codename of the fresh image (default: bookworm); a
     snapshot keeps the release of the host it was taken from.
+    lan: put the host on the private LAN of that name (created with its
+    first host) with the next free address; see testhosts/lan.py.
     owner_pid: the host belongs to this process; cleanup_leftovers() removes
     it once that process is gone (the pytest plugin passes its own pid).
     """
     check_host_name(name)
+    if lan is not None:
+        lans.check_lan_name(lan)
     distro = releases.get_release(release)
     if from_snapshot is not None and release is not None:
         raise HarnessError("a host from a snapshot runs the snapshot's release: give one, not both")
@@ -544,6 +591,8 @@ def create_host(
                 "ssh_port": 0,
                 "http_port": 0,
                 "slirp_pid": None,
+                "lan": lan,
+                "lan_ip": lans.allocate_address(lan, _lan_members()) if lan else None,
             }
             layout.console_log(name).unlink(missing_ok=True)
             for sub in ("upper", "work", "apt-upper", "root"):
@@ -569,6 +618,9 @@ def create_host(
                 host.ssh_port,
                 host.http_port,
             )
+            host._ensure_lan()
+            if host.lan:
+                log.info("host %s: %s on LAN %s", name, host.lan_ip, host.lan)
             host._mount_rootfs()
             guest.personalize(host.rootfs, name, pubkey)
             host_key = keys.install(host.rootfs)

@@ -4,12 +4,17 @@ Fixtures:
 - testhosts_ready (session): checks preconditions, installs host packages,
   builds the image, and removes leftovers of crashed runs, once per session.
 - testhost_factory (function): make(name_prefix, from_snapshot=None,
-  release=None) -> Host (release: a Debian codename, default bookworm); every
-  host it made is destroyed when the test ends.
+  release=None, lan=None) -> Host (release: a Debian codename, default
+  bookworm; lan: a private LAN's name, see below); every host it made is
+  destroyed when the test ends.
 - testhost_factory_module (module): the same, destroyed after the module.
 - session_testhost (session): one Host shared by the whole session.
 
 A host that cannot be booted makes the test ERROR (HarnessError), never skip.
+
+LAN names are per pytest process: lan="fleet" becomes "fleet-XXXX" (the same
+suffix for every host of the session, in any factory), so that two sessions
+running the same tests at once never share a LAN. host.lan has the real name.
 Hosts belong to the pytest process: if it dies, the next session's
 cleanup_leftovers() removes them.
 """
@@ -26,7 +31,8 @@ import pytest
 from .cleanup import cleanup_leftovers
 from .deps import ensure_ready
 from .errors import HarnessError
-from .host import Host, create_host, get_host
+from .host import Host, create_host, get_host, list_hosts
+from .lan import LAN_NAME_RE, list_lans
 from .paths import HOST_NAME_RE
 
 HostFactory = Callable[..., Host]
@@ -48,6 +54,30 @@ def unique_name(prefix: str) -> str:
     raise HarnessError(f"no free host name for prefix {prefix!r}")
 
 
+_session_lans: dict[str, str] = {}
+
+
+def session_lan(name: str) -> str:
+    """The LAN this pytest process means by name: name plus a random suffix
+    no existing LAN has, the same for the whole session."""
+    if name in _session_lans:
+        return _session_lans[name]
+    if name in _session_lans.values():  # host.lan of a host made in this session
+        return name
+    taken = set(list_lans()) | {host.lan for host in list_hosts() if host.lan}
+    clean = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:14] or "lan"
+    if not clean[0].isalpha():
+        clean = f"l{clean}"[:14]
+    for _ in range(20):
+        candidate = f"{clean}-{secrets.token_hex(2)}"
+        if not LAN_NAME_RE.match(candidate):
+            raise HarnessError(f"cannot make a LAN name from {name!r}")
+        if candidate not in taken:
+            _session_lans[name] = candidate
+            return candidate
+    raise HarnessError(f"no free LAN name for {name!r}")
+
+
 class _Factory:
     """Creates hosts owned by this pytest process and destroys them at the end."""
 
@@ -60,11 +90,13 @@ class _Factory:
         from_snapshot: str | None = None,
         timeout: float = 90,
         release: str | None = None,
+        lan: str | None = None,
     ) -> Host:
         host = create_host(
             unique_name(name_prefix),
             from_snapshot=from_snapshot,
             release=release,
+            lan=session_lan(lan) if lan else None,
             timeout=timeout,
             owner_pid=os.getpid(),
         )

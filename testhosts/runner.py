@@ -6,6 +6,7 @@ It holds HOST_DIR/runner.lock while alive (that is how "running" is told),
 moves itself into the host's own cgroup, and boots the guest again whenever
 systemd-nspawn exits with 133 (the guest asked for a reboot). SIGTERM stops
 the guest cleanly (nspawn turns it into a guest shutdown) and ends the runner.
+When the guest is down for good, the runner unplugs the host from its LAN.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import aptcache, cgroups
+from . import aptcache, cgroups, lan
+from .errors import HarnessError
 from .paths import state_dir
 
 REBOOT_EXIT_CODE = 133
@@ -45,6 +47,16 @@ def nspawn_command(state: dict, host_dir: Path, apt_cache: Path) -> list[str]:
 def _say(message: str) -> None:
     stamp = time.strftime("%H:%M:%S")
     print(f"[testhosts runner {stamp}] {message}", flush=True)
+
+
+def _leave_lan(state: dict) -> None:
+    """A guest that is down must not answer on its LAN, however it went down
+    (a poweroff inside it, too); starting the host plugs it in again."""
+    if state.get("lan") and state.get("lan_ip"):
+        try:
+            lan.detach(state["lan"], state["lan_ip"])
+        except HarnessError as exc:
+            _say(f"could not unplug from LAN {state['lan']}: {exc}")
 
 
 def main(argv: list[str]) -> int:
@@ -101,6 +113,7 @@ def main(argv: list[str]) -> int:
         if rc != REBOOT_EXIT_CODE:
             break
 
+    _leave_lan(state)
     cgroups.leave(previous)
     try:
         cgroups.kill(name, timeout=5)

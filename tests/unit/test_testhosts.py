@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -9,10 +10,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from testhosts import aptsources, cli, image, releases  # noqa: E402
+from testhosts import aptsources, cli, image, lan, pytest_plugin, releases  # noqa: E402
 from testhosts.errors import HarnessError  # noqa: E402
 from testhosts.host import _release_of  # noqa: E402
-from testhosts.paths import StateDir  # noqa: E402
+from testhosts.paths import StateDir, netns_name  # noqa: E402
 
 # A bookworm machine as the reference machine has it: deb822 sources of its own release only.
 BOOKWORM_SOURCES = """\
@@ -125,3 +126,57 @@ def test_a_keyring_without_the_releases_key_is_upgraded_once_then_refused(tmp_pa
     (tmp_path / "debian-archive-trixie-automatic.gpg").write_bytes(b"key")
     image.ensure_archive_key(trixie, tmp_path)
     assert ran == []
+
+
+def test_a_new_lan_takes_the_lowest_free_index_and_its_hosts_count_from_ten():
+    assert lan.allocate_address("fleet", []) == "10.77.1.10"
+    fleet = [("fleet", "10.77.1.10"), ("fleet", "10.77.1.11")]
+    assert lan.allocate_address("fleet", fleet) == "10.77.1.12"
+    assert lan.allocate_address("other", fleet) == "10.77.2.10"
+    # LAN 2 is gone: its index is free again, LAN 3 keeps its own.
+    assert lan.allocate_address("new", [*fleet, ("third", "10.77.3.10")]) == "10.77.2.10"
+    assert lan.allocate_address("third", [*fleet, ("third", "10.77.3.10")]) == "10.77.3.11"
+
+
+def test_a_destroyed_hosts_address_is_given_again_and_a_full_lan_is_refused():
+    assert lan.allocate_address("fleet", [("fleet", "10.77.4.11")]) == "10.77.4.10"
+    full = [("fleet", f"10.77.4.{n}") for n in range(10, 255)]
+    with pytest.raises(HarnessError, match="no free address on LAN fleet"):
+        lan.allocate_address("fleet", full)
+
+
+def test_each_lan_address_has_its_own_fixed_mac_and_a_short_bridge_port_name():
+    addresses = [f"10.77.{i}.{n}" for i in (1, 2, 254) for n in (10, 11, 254)]
+    macs = [lan.mac_address(address) for address in addresses]
+    assert len(set(macs)) == len(addresses)
+    assert lan.mac_address("10.77.1.10") == lan.mac_address("10.77.1.10")
+    # Locally administered unicast: second bit of the first byte set, first bit clear.
+    assert all(int(mac.split(":")[0], 16) & 0b11 == 0b10 for mac in macs)
+    assert all(len(lan.bridge_port(address)) <= 15 for address in addresses)  # IFNAMSIZ
+
+
+def test_lan_names_are_checked_and_never_clash_with_a_hosts_netns():
+    assert lan.check_lan_name("fleet-1") == "fleet-1"
+    for bad in ("Fleet", "x", "a" * 25, "fleet_1", "-fleet", "../x"):
+        with pytest.raises(HarnessError, match="invalid LAN name"):
+            lan.check_lan_name(bad)
+    assert lan.netns_name("x1") != netns_name("lan-x1")
+    assert not lan.netns_name("x1").startswith("eep-")
+
+
+def test_the_cli_puts_a_host_on_a_lan():
+    parser = cli.build_parser()
+    assert parser.parse_args(["up", "web1", "--lan", "fleet"]).lan == "fleet"
+    assert parser.parse_args(["up", "web1"]).lan is None
+
+
+def test_a_pytest_session_gets_lans_of_its_own_and_keeps_them(monkeypatch):
+    monkeypatch.setattr(pytest_plugin, "_session_lans", {})
+    monkeypatch.setattr(pytest_plugin, "list_hosts", lambda: [])
+    monkeypatch.setattr(pytest_plugin, "list_lans", lambda: [])
+    fleet = pytest_plugin.session_lan("fleet")
+    assert re.fullmatch(r"fleet-[0-9a-f]{4}", fleet)
+    assert pytest_plugin.session_lan("fleet") == fleet
+    assert pytest_plugin.session_lan(fleet) == fleet, "host.lan names the same LAN"
+    assert pytest_plugin.session_lan("other") != fleet
+    assert lan.check_lan_name(pytest_plugin.session_lan("A very long LAN name"))
