@@ -10,6 +10,11 @@ def _hosts(c, given: str, setting: str) -> list[str]:
     from eep.remote import use_known_hosts
 
     use_known_hosts(c.config.eep.get("known_hosts") or "known_hosts")
+    if c.config.eep.get("hosts"):
+        # With an inventory, hosts are named by it: each as root or as the deploy account.
+        if setting == "provision_hosts":
+            return [h.provision_spec() for _, h in _targets(c, given, setting)]
+        return [h.deploy_spec() for _, h in _targets(c, given, setting) if h.runs_app]
     hosts = [h.strip() for h in given.split(",") if h.strip()] or c.config.eep[setting]
     if not hosts:
         raise Exit(f"error: no host: pass --host or set eep.{setting} in invoke.yaml", code=1)
@@ -167,20 +172,60 @@ def audit(c, host="", identity=""):
     from eep.audit import audit as run
 
     failed = []
-    _on_hosts(
-        c, host, lambda spec: run(spec, identity=identity) or failed.append(spec), "provision_hosts"
-    )
+    if c.config.eep.get("hosts"):
+        # Every host of the inventory (or those named), each for the roles it plays.
+        for fleet, target in _targets(c, host, "provision_hosts"):
+            spec = target.provision_spec()
+            if not _one(target.name, run, spec, identity=identity, place=(fleet, target)):
+                failed.append(target.name)
+    else:
+        _on_hosts(
+            c,
+            host,
+            lambda spec: run(spec, identity=identity) or failed.append(spec),
+            "provision_hosts",
+        )
     if failed:
         raise Exit(f"error: audit failed on {', '.join(failed)}", code=1)
+
+
+def _one(name: str, action, *args, **kwargs):
+    """`action(*args, **kwargs)`, or exit 1 with one line naming the host when it fails."""
+    from eep.remote import HostError
+
+    try:
+        return action(*args, **kwargs)
+    except HostError as error:
+        raise Exit(f"error: [{name}] {error}", code=1) from None
 
 
 @task(help=DEPLOY_HELP)
 def status(c, host="", identity=""):
     """Show every process of the app, the current release and nginx's answer; exit 1 if down."""
     from eep.control import status as run
+    from eep.report import say
 
-    down = []
-    _on_hosts(c, host, lambda spec: run(spec, identity=identity) or down.append(spec))
+    if not c.config.eep.get("hosts"):
+        down = []
+        _on_hosts(
+            c, host, lambda spec: run(spec, identity=identity)["healthy"] or down.append(spec)
+        )
+        if down:
+            raise Exit(f"error: down on {', '.join(down)}", code=1)
+        return
+    # With an inventory: each app host's table, then one line per host.
+    rows = []
+    for _, target in _targets(c, host, "deploy_hosts"):
+        if not target.runs_app:
+            continue  # a broker host of its own: `invoke audit` checks it
+        found = _one(target.name, run, target.deploy_spec(), identity=identity, name=target.name)
+        rows.append((target.name, ",".join(sorted(target.roles)), found))
+    width = max(len(row[0]) for row in rows)
+    say(f"{'host':<{width}}  {'roles':<20} {'release':<40} health")
+    for name, roles, found in rows:
+        state = "up" if found["healthy"] else "DOWN"
+        say(f"{name:<{width}}  {roles:<20} {found['release']:<40} {state}: {found['health']}")
+    down = [name for name, _, found in rows if not found["healthy"]]
     if down:
         raise Exit(f"error: down on {', '.join(down)}", code=1)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable
 
-from eep.manifest import HostFile, render
+from eep.manifest import HostFile, Place, render
 from eep.pathstate import PathState
 from eep.remote import HostError, Remote
 from eep.report import Report, unified_diff
@@ -25,14 +25,17 @@ def ensure_dir(remote: Remote, report: Report, path: str, want: PathState) -> bo
     return True
 
 
-def file_difference(remote: Remote, host_file: HostFile, have: bytes | None) -> str:
-    """How the host's file (its content: `have`) differs from the tree's; "" if it does not.
+def file_difference(
+    remote: Remote, host_file: HostFile, have: bytes | None, place: Place | None = None
+) -> str:
+    """How the host's file (its content: `have`) differs from the tree's, rendered for
+    the host's `place` in the fleet; "" if it does not.
 
     Provisioning acts on it; the audit's drift check reports it.
     """
     if have is None:
         return "created"
-    if have != render(host_file).encode():
+    if have != render(host_file, place=place).encode():
         return "content differs"
     meta = remote.stat(host_file.path)
     if meta != host_file.state:
@@ -47,16 +50,18 @@ def ensure_file(
     *,
     validate: Callable[[str], None] | None = None,
     backup: str = "",
+    place: Place | None = None,
 ) -> bool:
     """Install one file from the tree; `validate(temp_path)` may refuse it before it goes live.
 
-    With `backup`, the file being replaced is first copied there (mtime kept).
+    With `backup`, the file being replaced is first copied there (mtime kept). A file
+    that depends on the host is rendered for its `place` (eep/manifest.py).
     Returns True when the host's file changed (or would change, in check mode).
     """
-    want = render(host_file).encode()
+    want = render(host_file, place=place).encode()
     have = remote.read(host_file.path)
     step = f"file {host_file.path}"
-    why = file_difference(remote, host_file, have)
+    why = file_difference(remote, host_file, have, place)
     if not why:
         report.unchanged(step)
         return False

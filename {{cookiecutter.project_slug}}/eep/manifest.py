@@ -3,15 +3,28 @@
 The files under config/ are final after baking: what a reviewer reads there is
 byte for byte what lands on the host. Provisioning, `--check` diffs and the
 audit's drift check all read them through `render()`, so they cannot disagree.
+
+A few files depend on the host's place in the fleet (eep.hosts in invoke.yaml): its
+roles, the broker's private address, the app hosts allowed to reach it. Those hold
+`@@NAME@@` placeholders, each documented in the file's header comment; `render()`
+replaces them with the values `placeholders()` gives for one host, and nothing else.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eep import app
 from eep.pathstate import PathState, regular_file
+
+if TYPE_CHECKING:
+    from eep.fleet import Fleet, FleetHost
+
+# A host's place: the fleet it belongs to, and itself.
+Place = tuple["Fleet", "FleetHost"]
 
 TREE = Path(__file__).resolve().parent.parent
 
@@ -25,6 +38,16 @@ class HostFile:
     mode: int = 0o644
     owner: str = "root"
     group: str = "root"
+    # Installed only on hosts with one of these roles (empty: on every host) ...
+    roles: frozenset[str] = frozenset()
+    # ... and only when the fleet has several hosts (`several`) or only one (`single`).
+    fleet: str = ""
+
+    def wanted(self, fleet: Fleet, host: FleetHost) -> bool:
+        """Whether `host` of `fleet` gets this file."""
+        if self.roles and not self.roles & host.roles:
+            return False
+        return self.fleet != ("single" if not fleet.single else "several")
 
     @property
     def state(self) -> PathState:
@@ -35,7 +58,11 @@ HOST_FILES = [
     HostFile("config/tmpfiles.conf", f"/etc/tmpfiles.d/eep-{app.SLUG}.conf"),
     HostFile("config/uwsgi-base.ini", f"{app.CONF_DIR}/uwsgi.ini"),
     HostFile("config/no-release.py", f"{app.CONF_DIR}/no-release.py"),
-    HostFile("config/supervisor.conf", f"/etc/supervisor/conf.d/{app.SLUG}.conf"),
+    HostFile(
+        "config/supervisor.conf",
+        f"/etc/supervisor/conf.d/{app.SLUG}.conf",
+        roles=frozenset({"web", "worker"}),
+    ),
     HostFile("config/supervisor-service.conf", "/etc/systemd/system/supervisor.service.d/eep.conf"),
     HostFile("config/nginx.conf", f"/etc/nginx/sites-available/{app.SLUG}"),
     HostFile("config/nginx-default.conf", "/etc/nginx/sites-available/eep-default"),
@@ -58,8 +85,33 @@ HOST_FILES = [
         mode=0o640,
     ),
 ]
+# What this host is in the app's fleet (its roles, where the broker is): read by uWSGI
+# (config/uwsgi-base.ini includes it), the release agent and eep_env. Rendered per host.
+HOST_FILES.append(HostFile("config/host.ini", f"{app.CONF_DIR}/host.ini"))
 if app.USE_CELERY:
-    HOST_FILES.append(HostFile("config/redis.conf", f"{app.CONF_DIR}/redis.conf"))
+    BROKER = frozenset({"broker"})
+    HOST_FILES += [
+        # One host: a unix socket only; several: the private network, with a password.
+        HostFile("config/redis.conf", f"{app.CONF_DIR}/redis.conf", roles=BROKER, fleet="single"),
+        HostFile(
+            "config/redis-fleet.conf", f"{app.CONF_DIR}/redis.conf", roles=BROKER, fleet="several"
+        ),
+        HostFile(
+            "config/supervisor-broker.conf",
+            f"/etc/supervisor/conf.d/{app.SLUG}-redis.conf",
+            roles=BROKER,
+        ),
+        # Several hosts: the broker's port is open to the app's hosts only (eep/broker.py).
+        HostFile(
+            "config/firewall.nft", f"{app.CONF_DIR}/firewall.nft", roles=BROKER, fleet="several"
+        ),
+        HostFile(
+            "config/firewall.service",
+            f"/etc/systemd/system/eep-{app.SLUG}-firewall.service",
+            roles=BROKER,
+            fleet="several",
+        ),
+    ]
 
 # What earlier versions of this tree installed and this one no longer does: provisioning
 # removes them, so a host holds only what a reviewer can read here.
@@ -73,6 +125,58 @@ def host_file(source: str) -> HostFile:
     return next(entry for entry in HOST_FILES if entry.source == source)
 
 
-def render(host_file: HostFile, tree: Path = TREE) -> str:
-    """The exact content `host_file` must have on the host."""
-    return (tree / host_file.source).read_text(encoding="utf-8")
+def files_for(fleet: Fleet, host: FleetHost) -> list[HostFile]:
+    """The entries of HOST_FILES that `host` gets."""
+    return [entry for entry in HOST_FILES if entry.wanted(fleet, host)]
+
+
+PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
+BROKER_PORT = 6379
+
+
+def placeholders(fleet: Fleet, host: FleetHost) -> dict[str, str]:
+    """What each @@NAME@@ stands for on `host` (documented where the files use them)."""
+    broker = fleet.broker
+    # Beat on the first worker host only (two beats run every job twice); also with
+    # celery_beat=n, so that a release attaching a beat of its own has a host for it.
+    beat = next(iter(fleet.with_role("worker")), None)
+    values = {
+        "HOST": host.name,
+        "ROLES": " ".join(sorted(host.roles)),
+        "WEB": "yes" if host.has("web") else "no",
+        "WORKER": "yes" if host.has("worker") else "no",
+        "BEAT": "yes" if beat is not None and beat.name == host.name else "no",
+        "BROKER": "yes" if host.has("broker") else "no",
+        "BROKER_PORT": str(BROKER_PORT),
+    }
+    if fleet.single or broker is None:
+        # One host: the private broker's unix socket (config/redis.conf).
+        values["BROKER_URL"] = f"redis+socket://{app.RUN_DIR}/redis/redis.sock"
+    else:
+        # Several: over the private network (config/redis-fleet.conf); eep_env adds the
+        # password from BROKER_SECRET, which is in no file of this tree.
+        values["BROKER_URL"] = f"redis://{broker.private}:{BROKER_PORT}/0"
+    values["BROKER_ADDRESS"] = broker.private if broker is not None else ""
+    values["APP_HOSTS"] = ", ".join(h.private for h in fleet.app_hosts if h.private)
+    return values
+
+
+# Several hosts: the broker's password, made once on the broker host, copied by
+# provisioning to every app host (root:<app> 0640; eep/broker.py). A redis.conf line.
+BROKER_SECRET = f"{app.CONF_DIR}/broker-secret.conf"
+
+
+def render(
+    host_file: HostFile,
+    tree: Path = TREE,
+    place: Place | None = None,
+) -> str:
+    """The exact content `host_file` must have on the host; a file with @@NAME@@
+    placeholders needs the host's `place` (its fleet and itself)."""
+    text = (tree / host_file.source).read_text(encoding="utf-8")
+    if "@@" not in text:
+        return text
+    if place is None:
+        raise ValueError(f"{host_file.source} depends on the host: render it for one")
+    values = placeholders(*place)
+    return PLACEHOLDER.sub(lambda match: values[match.group(1)], text)

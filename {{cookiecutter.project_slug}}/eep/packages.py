@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import shlex
+from typing import TYPE_CHECKING
 
 from eep import app
 from eep.remote import HostError, Remote
 from eep.report import Report, progress
+
+if TYPE_CHECKING:
+    from eep.fleet import Fleet, FleetHost
 
 # Daemons and tools from the distribution: nginx, supervisor and sudo; Debian's uWSGI
 # with its python3 plugin (root-owned, no compiler needed); venv to build each
@@ -25,10 +29,38 @@ if app.DATABASE == "postgresql":
     PACKAGES.append("postgresql")
     SERVICES.append("postgresql")
 
+# What a host needs for the roles it plays in a fleet of several (eep.hosts): nginx
+# (and TLS) on web hosts only, uWSGI on the app's hosts, the broker's Redis and the
+# firewall that guards its port on the broker host. One host gets all of PACKAGES.
+WEB_ONLY = {"nginx", "openssl", "certbot"}
+APP_ONLY = {"uwsgi-core", "uwsgi-plugin-python3", "python3-venv"}
+BROKER_ONLY = {"redis-server", "nftables"}
+
+
+def packages_for(fleet: Fleet | None, host: FleetHost | None) -> list[str]:
+    """The packages `host` of `fleet` needs (all of PACKAGES on a host of its own)."""
+    if fleet is None or host is None or fleet.single:
+        return PACKAGES
+    wanted = [*PACKAGES, "nftables"] if host.has("broker") else PACKAGES
+    return [
+        name
+        for name in wanted
+        if not (name in WEB_ONLY and not host.has("web"))
+        and not (name in APP_ONLY and not host.runs_app)
+        and not (name in BROKER_ONLY and not host.has("broker"))
+    ]
+
+
+def services_for(host: FleetHost | None) -> list[str]:
+    """nginx runs on web hosts only; supervisor (the app, the broker) everywhere."""
+    return [s for s in SERVICES if s != "nginx" or host is None or host.has("web")]
+
+
 # How these steps read the host: eep.provision runs them all in one round trip first.
 OS_RELEASE = "cat /etc/os-release"
 PYTHON_VERSION = "python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")'"
-PACKAGE_STATES = "dpkg-query -W -f='${Package} ${Status}\\n' " + " ".join(PACKAGES) + " 2>/dev/null"
+QUERIED = PACKAGES + (["nftables"] if app.USE_CELERY else [])
+PACKAGE_STATES = "dpkg-query -W -f='${Package} ${Status}\\n' " + " ".join(QUERIED) + " 2>/dev/null"
 
 
 def service_state(service: str) -> list[str]:
@@ -92,18 +124,21 @@ def check_system(remote: Remote, report: Report) -> bool:
     return found.exited == 0
 
 
-def missing_packages(remote: Remote) -> list[str]:
+def missing_packages(remote: Remote, wanted: list[str] = PACKAGES) -> list[str]:
     query = remote.run(PACKAGE_STATES, check=False, changes=False)
     installed = {
         line.split()[0] for line in query.stdout.splitlines() if line.endswith(" installed")
     }
-    return [name for name in PACKAGES if name not in installed]
+    return [name for name in wanted if name not in installed]
 
 
-def ensure_packages(remote: Remote, report: Report) -> None:
-    missing = missing_packages(remote)
+def ensure_packages(
+    remote: Remote, report: Report, fleet: Fleet | None = None, host: FleetHost | None = None
+) -> None:
+    wanted = packages_for(fleet, host)
+    missing = missing_packages(remote, wanted)
     if not missing:
-        report.unchanged("packages", " ".join(PACKAGES))
+        report.unchanged("packages", " ".join(wanted))
         return
     if not report.change("packages", "install " + " ".join(missing)):
         return
@@ -122,9 +157,9 @@ def ensure_packages(remote: Remote, report: Report) -> None:
         report.change("redis-server", "disabled the shared default instance eep installed")
 
 
-def ensure_services(remote: Remote, report: Report) -> None:
-    """nginx and supervisor (and PostgreSQL) enabled at boot and running."""
-    for service in SERVICES:
+def ensure_services(remote: Remote, report: Report, host: FleetHost | None = None) -> None:
+    """nginx (on a web host) and supervisor (and PostgreSQL) enabled at boot and running."""
+    for service in services_for(host):
         enabled, active = (
             remote.run(query, check=False, changes=False).stdout.strip()
             for query in service_state(service)
