@@ -69,7 +69,7 @@ def check_uwsgi_base_ini(path: Path) -> str | None:
     if host_ini is None:
         return "the enforced ini does not include host.ini"
     rendered = re.sub(
-        r"@@([A-Z_]+)@@",
+        r"\$([A-Z_]+)",
         lambda m: HOST_INI_VALUES.get(m.group(1), "x"),
         (path.parent / "host.ini").read_text(),
     )

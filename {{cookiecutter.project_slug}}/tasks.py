@@ -189,14 +189,14 @@ def audit(c, host="", identity=""):
         raise Exit(f"error: audit failed on {', '.join(failed)}", code=1)
 
 
-def _one(name: str, action, *args, **kwargs):
+def _one(label: str, action, *args, **kwargs):
     """`action(*args, **kwargs)`, or exit 1 with one line naming the host when it fails."""
     from eep.remote import HostError
 
     try:
         return action(*args, **kwargs)
     except HostError as error:
-        raise Exit(f"error: [{name}] {error}", code=1) from None
+        raise Exit(f"error: [{label}] {error}", code=1) from None
 
 
 @task(help=DEPLOY_HELP)

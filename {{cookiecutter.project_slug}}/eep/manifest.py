@@ -5,16 +5,17 @@ byte for byte what lands on the host. Provisioning, `--check` diffs and the
 audit's drift check all read them through `render()`, so they cannot disagree.
 
 A few files depend on the host's place in the fleet (eep.hosts in invoke.yaml): its
-roles, the broker's private address, the app hosts allowed to reach it. Those hold
-`@@NAME@@` placeholders, each documented in the file's header comment; `render()`
-replaces them with the values `placeholders()` gives for one host, and nothing else.
+roles, the broker's private address, the app hosts allowed to reach it. Those are
+marked `from_fleet` and hold `$NAME` placeholders, each documented in the file's header
+comment; `render()` fills them in with the values `host_values()` gives for one host
+(string.Template: `$$` is a dollar sign), and nothing else.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
+from string import Template
 from typing import TYPE_CHECKING
 
 from eep import app
@@ -42,6 +43,8 @@ class HostFile:
     roles: frozenset[str] = frozenset()
     # ... and only when the fleet has several hosts (`several`) or only one (`single`).
     fleet: str = ""
+    # Made from eep.hosts: its $NAMEs are filled in for the host by render().
+    from_fleet: bool = False
 
     def wanted(self, fleet: Fleet, host: FleetHost) -> bool:
         """Whether `host` of `fleet` gets this file."""
@@ -54,6 +57,7 @@ class HostFile:
         return regular_file(self.owner, self.group, self.mode)
 
 
+WEB = frozenset({"web"})  # nginx's files: on web hosts only
 HOST_FILES = [
     HostFile("config/tmpfiles.conf", f"/etc/tmpfiles.d/eep-{app.SLUG}.conf"),
     HostFile("config/uwsgi-base.ini", f"{app.CONF_DIR}/uwsgi.ini"),
@@ -64,10 +68,10 @@ HOST_FILES = [
         roles=frozenset({"web", "worker"}),
     ),
     HostFile("config/supervisor-service.conf", "/etc/systemd/system/supervisor.service.d/eep.conf"),
-    HostFile("config/nginx.conf", f"/etc/nginx/sites-available/{app.SLUG}"),
-    HostFile("config/nginx-default.conf", "/etc/nginx/sites-available/eep-default"),
+    HostFile("config/nginx.conf", f"/etc/nginx/sites-available/{app.SLUG}", roles=WEB),
+    HostFile("config/nginx-default.conf", "/etc/nginx/sites-available/eep-default", roles=WEB),
     # The page nginx answers with in maintenance mode (read through the app's group).
-    HostFile("config/maintenance.html", f"{app.CONF_DIR}/maintenance.html"),
+    HostFile("config/maintenance.html", f"{app.CONF_DIR}/maintenance.html", roles=WEB),
     HostFile("config/sudoers", f"/etc/sudoers.d/{app.SLUG}", mode=0o440),
     # Named by sudo rules: root-owned, so neither the app nor the developer can change them.
     HostFile("config/stop-app.sh", f"{app.CONF_DIR}/stop-app", mode=0o755),
@@ -75,7 +79,7 @@ HOST_FILES = [
     HostFile("config/as-app.py", f"{app.CONF_DIR}/as-app", mode=0o755),
     # Read by every uWSGI worker (`import = eep_env`) and by as-app: the app's settings.
     HostFile("config/eep_env.py", f"{app.CONF_DIR}/python/eep_env.py"),
-    HostFile("config/logrotate.conf", f"/etc/logrotate.d/eep-{app.SLUG}"),
+    HostFile("config/logrotate.conf", f"/etc/logrotate.d/eep-{app.SLUG}", roles=WEB),
     # The developer's public key (never a private key): SSH login as the deploy account.
     HostFile(
         "config/authorized_keys",
@@ -87,14 +91,18 @@ HOST_FILES = [
 ]
 # What this host is in the app's fleet (its roles, where the broker is): read by uWSGI
 # (config/uwsgi-base.ini includes it), the release agent and eep_env. Rendered per host.
-HOST_FILES.append(HostFile("config/host.ini", f"{app.CONF_DIR}/host.ini"))
+HOST_FILES.append(HostFile("config/host.ini", f"{app.CONF_DIR}/host.ini", from_fleet=True))
 if app.USE_CELERY:
     BROKER = frozenset({"broker"})
     HOST_FILES += [
         # One host: a unix socket only; several: the private network, with a password.
         HostFile("config/redis.conf", f"{app.CONF_DIR}/redis.conf", roles=BROKER, fleet="single"),
         HostFile(
-            "config/redis-fleet.conf", f"{app.CONF_DIR}/redis.conf", roles=BROKER, fleet="several"
+            "config/redis-fleet.conf",
+            f"{app.CONF_DIR}/redis.conf",
+            roles=BROKER,
+            fleet="several",
+            from_fleet=True,
         ),
         HostFile(
             "config/supervisor-broker.conf",
@@ -103,7 +111,11 @@ if app.USE_CELERY:
         ),
         # Several hosts: the broker's port is open to the app's hosts only (eep/broker.py).
         HostFile(
-            "config/firewall.nft", f"{app.CONF_DIR}/firewall.nft", roles=BROKER, fleet="several"
+            "config/firewall.nft",
+            f"{app.CONF_DIR}/firewall.nft",
+            roles=BROKER,
+            fleet="several",
+            from_fleet=True,
         ),
         HostFile(
             "config/firewall.service",
@@ -130,12 +142,11 @@ def files_for(fleet: Fleet, host: FleetHost) -> list[HostFile]:
     return [entry for entry in HOST_FILES if entry.wanted(fleet, host)]
 
 
-PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
 BROKER_PORT = 6379
 
 
-def placeholders(fleet: Fleet, host: FleetHost) -> dict[str, str]:
-    """What each @@NAME@@ stands for on `host` (documented where the files use them)."""
+def host_values(fleet: Fleet, host: FleetHost) -> dict[str, str]:
+    """What each $NAME stands for on `host` (documented where the files use them)."""
     broker = fleet.broker
     # Beat on the first worker host only (two beats run every job twice); also with
     # celery_beat=n, so that a release attaching a beat of its own has a host for it.
@@ -171,12 +182,11 @@ def render(
     tree: Path = TREE,
     place: Place | None = None,
 ) -> str:
-    """The exact content `host_file` must have on the host; a file with @@NAME@@
-    placeholders needs the host's `place` (its fleet and itself)."""
+    """The exact content `host_file` must have on the host; a file made from eep.hosts
+    needs the host's `place` (its fleet and itself)."""
     text = (tree / host_file.source).read_text(encoding="utf-8")
-    if "@@" not in text:
+    if not host_file.from_fleet:
         return text
     if place is None:
         raise ValueError(f"{host_file.source} depends on the host: render it for one")
-    values = placeholders(*place)
-    return PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
+    return Template(text).substitute(host_values(*place))
