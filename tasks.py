@@ -45,7 +45,7 @@ def lint(c):
     with c.cd(str(baked)):
         c.run(
             f"{PY} -m mypy --ignore-missing-imports eep tasks.py"
-            " config/reload.py config/as-app.py config/eep_env.py"
+            " config/reload.py config/as-app.py config/eep_env.py config/balancer.py"
         )
     # The same code with database=postgresql (its steps and checks run only then).
     baked = bake(c, slug="lintpg", database="postgresql")

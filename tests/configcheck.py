@@ -14,6 +14,7 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from string import Template
 
 NGINX_MAIN = """\
 pid {tmp}/nginx.pid;
@@ -46,6 +47,13 @@ def check_nginx_site(path: Path) -> str | None:
             path.read_text(),
             flags=re.M,
         )
+        # The snippet made from eep.hosts, as rendered with a load balancer at 10.0.0.10.
+        snippet = path.with_name("nginx-balancer.conf")
+        if snippet.exists():
+            lines = "set_real_ip_from 10.0.0.10;\nreal_ip_header X-Forwarded-For;"
+            rendered = Path(tmp) / "balancer.conf"
+            rendered.write_text(Template(snippet.read_text()).substitute(real_ip=lines))
+            text = re.sub(r"include \S+/nginx-balancer\.conf;", f"include {rendered};", text)
         site.write_text(text)
         main = Path(tmp) / "nginx.conf"
         main.write_text(NGINX_MAIN.format(tmp=tmp, site=site))
@@ -128,3 +136,8 @@ def check_supervisor_conf(path: Path) -> str | None:
             f"[include]\nfiles = {path}\n"
         )
         return _run([sys.executable, "-c", SUPERVISOR_LOADER, str(main)])
+
+
+def check_haproxy(path: Path) -> str | None:
+    """`haproxy -c` on a configuration file (checks it; binds and starts nothing)."""
+    return _run(["haproxy", "-c", "-q", "-f", str(path)])

@@ -31,7 +31,12 @@ def _targets(c, given: str, setting: str):
     use_known_hosts(c.config.eep.get("known_hosts") or "known_hosts")
     names = [h.strip() for h in given.split(",") if h.strip()]
     try:
-        targets = resolve(c.config.eep.get("hosts"), names, c.config.eep.get(setting) or [])
+        targets = resolve(
+            c.config.eep.get("hosts"),
+            names,
+            c.config.eep.get(setting) or [],
+            c.config.eep.get("lb_health") or "/",
+        )
     except HostError as error:
         raise Exit(f"error: {error}", code=1) from None
     if not targets:
@@ -170,21 +175,15 @@ def releases(c, host="", identity=""):
 def audit(c, host="", identity=""):
     """Check a live host against the threat model: a PASS/FAIL table, exit 1 on any failure."""
     from eep.audit import audit as run
+    from eep.remote import HostError
 
     failed = []
-    if c.config.eep.get("hosts"):
-        # Every host of the inventory (or those named), each for the roles it plays.
-        for fleet, target in _targets(c, host, "provision_hosts"):
-            spec = target.provision_spec()
-            if not _one(target.name, run, spec, identity=identity, place=(fleet, target)):
-                failed.append(target.name)
-    else:
-        _on_hosts(
-            c,
-            host,
-            lambda spec: run(spec, identity=identity) or failed.append(spec),
-            "provision_hosts",
-        )
+    for fleet, one in _targets(c, host, "provision_hosts"):
+        spec = one.provision_spec()
+        try:
+            run(spec, identity=identity, fleet=fleet, host=one) or failed.append(spec)
+        except HostError as error:
+            raise Exit(f"error: [{spec}] {error}", code=1) from None
     if failed:
         raise Exit(f"error: audit failed on {', '.join(failed)}", code=1)
 
@@ -199,33 +198,49 @@ def _one(label: str, action, *args, **kwargs):
         raise Exit(f"error: [{label}] {error}", code=1) from None
 
 
+def _balancer(c):
+    """The lb host of eep.hosts, or None."""
+    from eep.fleet import FleetError, load
+
+    try:
+        fleet = load(c.config.eep.get("hosts"), c.config.eep.get("lb_health") or "/")
+    except FleetError as error:
+        raise Exit(f"error: {error}", code=1) from None
+    return fleet.lb if fleet else None
+
+
 @task(help=DEPLOY_HELP)
 def status(c, host="", identity=""):
     """Show every process of the app, the current release and nginx's answer; exit 1 if down."""
     from eep.control import status as run
     from eep.report import say
 
+    down = []
     if not c.config.eep.get("hosts"):
-        down = []
         _on_hosts(
             c, host, lambda spec: run(spec, identity=identity)["healthy"] or down.append(spec)
         )
-        if down:
-            raise Exit(f"error: down on {', '.join(down)}", code=1)
-        return
-    # With an inventory: each app host's table, then one line per host.
-    rows = []
-    for _, target in _targets(c, host, "deploy_hosts"):
-        if not target.runs_app:
-            continue  # a broker host of its own: `invoke audit` checks it
-        found = _one(target.name, run, target.deploy_spec(), identity=identity, name=target.name)
-        rows.append((target.name, ",".join(sorted(target.roles)), found))
-    width = max(len(row[0]) for row in rows)
-    say(f"{'host':<{width}}  {'roles':<20} {'release':<40} health")
-    for name, roles, found in rows:
-        state = "up" if found["healthy"] else "DOWN"
-        say(f"{name:<{width}}  {roles:<20} {found['release']:<40} {state}: {found['health']}")
-    down = [name for name, _, found in rows if not found["healthy"]]
+    else:
+        # With an inventory: each app host's table, then one line per host.
+        rows = []
+        for _, target in _targets(c, host, "deploy_hosts"):
+            if not target.runs_app:
+                continue  # the balancer (below), or a broker host of its own (`invoke audit`)
+            spec = target.deploy_spec()
+            found = _one(target.name, run, spec, identity=identity, name=target.name)
+            rows.append((target.name, ",".join(sorted(target.roles)), found))
+        width = max([len(row[0]) for row in rows] + [4])
+        say(f"{'host':<{width}}  {'roles':<20} {'release':<40} health")
+        for name, roles, found in rows:
+            state = "up" if found["healthy"] else "DOWN"
+            say(f"{name:<{width}}  {roles:<20} {found['release']:<40} {state}: {found['health']}")
+        down = [name for name, _, found in rows if not found["healthy"]]
+    lb = _balancer(c)
+    if lb is not None:
+        from eep.balancer import status as balancer_status
+
+        if not _one(lb.name, balancer_status, lb.deploy_spec(), identity=identity):
+            down.append(lb.name)
     if down:
         raise Exit(f"error: down on {', '.join(down)}", code=1)
 
@@ -271,10 +286,9 @@ def _on_one_host(c, host: str, action) -> None:
     hosts = _hosts(c, host, "deploy_hosts")
     if len(hosts) != 1:
         raise Exit("error: several deploy hosts: choose one with --host", code=1)
-    exited = []
-    _on_hosts(c, hosts[0], lambda spec: exited.append(action(spec)))
-    if exited[0]:
-        raise Exit(code=exited[0])
+    exited = _one(hosts[0], action, hosts[0])
+    if exited:
+        raise Exit(code=exited)
 
 
 @task(

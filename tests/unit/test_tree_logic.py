@@ -22,9 +22,11 @@ def run_in_tree(tree, code: str) -> str:
 def test_every_config_file_goes_to_the_host(bake, use_celery):
     tree = bake(use_celery=use_celery).project_path
     listed = run_in_tree(
-        tree, "from eep.manifest import HOST_FILES\nfor f in HOST_FILES: print(f.source)"
+        tree,
+        "from eep.manifest import HOST_FILES, LB_FILES\n"
+        "for f in HOST_FILES + LB_FILES: print(f.source)",
     ).split()
-    assert sorted(listed) == sorted(f"config/{p.name}" for p in (tree / "config").iterdir())
+    assert sorted(set(listed)) == sorted(f"config/{p.name}" for p in (tree / "config").iterdir())
 
 
 @pytest.mark.parametrize(

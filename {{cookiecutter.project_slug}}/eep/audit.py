@@ -13,6 +13,7 @@ import json
 import re
 import shlex
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import paramiko
 
@@ -43,6 +44,9 @@ from eep.remote import Remote, Target, known_hosts_path
 from eep.report import say
 from eep.sudoers import rules as sudo_rules
 
+if TYPE_CHECKING:
+    from eep.fleet import Fleet, FleetHost
+
 UWSGI_BINARY = "/usr/bin/uwsgi-core"
 
 
@@ -60,7 +64,7 @@ class Audit:
         self.remote = remote
         self.as_root = as_root
         self.place = place  # the host's fleet, and itself: the roles it is checked for
-        self.host = place[1]
+        self.fleet, self.host = place  # files made from eep.hosts are rendered for them
         self.checks: list[Check] = []
 
     def record(self, name: str, problems: list[str], passed: str = "") -> None:
@@ -191,7 +195,7 @@ class Audit:
                 problems.append(f"{app.RUNTIME_USER} has sudo rules")
         else:
             listing = self.sh("sudo -n -l")
-        problems += _unexpected_rules(listing)
+        problems += unexpected_rules(listing)
         self.record(name, problems, "" if self.as_root else "visudo -c not run (needs root)")
 
     def drift(self) -> None:
@@ -205,7 +209,7 @@ class Audit:
                 problems.append(f"{entry.path} missing")
             elif content is None:
                 unread.append(entry.path)  # exists, but this account may not read it
-            elif why := file_difference(self.remote, entry, content, self.place):
+            elif why := file_difference(self.remote, entry, content, place=self.place):
                 problems.append(f"{entry.path} differs from {entry.source} ({why})")
         problems += [
             f"{path} is left from an earlier version of this tree (provision removes it)"
@@ -353,9 +357,10 @@ class Audit:
         return self.checks
 
 
-def _unexpected_rules(listing: str) -> list[str]:
-    """Problems in a `sudo -l` listing of the deploy account: any rule but the literal ones."""
-    expected = {command for _, command in sudo_rules()}
+def unexpected_rules(listing: str, expected: set[str] | None = None) -> list[str]:
+    """Problems in a `sudo -l` listing of the deploy account: any rule but the literal ones
+    (`expected`; by default those of config/sudoers)."""
+    expected = expected if expected is not None else {command for _, command in sudo_rules()}
     rules = listing.split("may run the following commands", 1)[-1]
     rules = re.sub(r",\s*\n\s*", ", ", rules)
     found = set()
@@ -366,19 +371,29 @@ def _unexpected_rules(listing: str) -> list[str]:
     return [f"unexpected sudo rule: {rule}" for rule in sorted(found - expected)]
 
 
-def audit(spec: str, *, identity: str = "", place: Place | None = None) -> bool:
-    """Print the table for one host, checked for its `place` in the fleet (default: a
-    host of its own, every role); return True when every check passed."""
+def audit(
+    spec: str, *, identity: str = "", fleet: Fleet | None = None, host: FleetHost | None = None
+) -> bool:
+    """Print the table for one host (`host` of `fleet`, if any: checked for its roles;
+    otherwise a host of its own, every role); True when every check passed."""
     target = Target.parse(spec, default_user="root")
     as_root = target.user != app.DEPLOY_USER
-    if place is None:  # a host of its own: every role
-        alone = single_host(spec)
-        place = (alone, alone.hosts[0])
+    if fleet is None or host is None:  # a host of its own: every role
+        fleet = single_host(spec)
+        host = fleet.hosts[0]
+    place = (fleet, host)
     label = str(target) if place[0].single else place[1].name
     remote = Remote(target, identity=identity, become_root=as_root)
     remote.open()
     try:
-        checks = Audit(remote, as_root, place).run_all()
+        checker = Audit(remote, as_root, place)
+        if place[1].has("lb"):
+            from eep import balancer  # imports this module
+
+            balancer.audit_checks(checker, place[0])
+            checks = checker.checks
+        else:
+            checks = checker.run_all()
     finally:
         remote.close()
     for check in checks:

@@ -23,6 +23,9 @@ ROLES = ("lb", "web", "worker", "broker")
 # What a host given with --host, outside any inventory, plays: everything but the balancer.
 SINGLE_HOST_ROLES = frozenset({"web", "worker", "broker"} if app.USE_CELERY else {"web"})
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
+# The path the load balancer checks on each web host (eep.lb_health): no space, quote or
+# `#`, which HAProxy's configuration would read as the end of it.
+_HEALTH_PATH = re.compile(r"/[A-Za-z0-9._~/%?=&+:,;@!*'()-]{0,200}\Z")
 
 
 class FleetError(HostError):
@@ -63,6 +66,7 @@ class Fleet:
     """Every host of the app, in the inventory's order (the order deploys go in)."""
 
     hosts: tuple[FleetHost, ...]
+    lb_health: str = "/"  # the URL the load balancer checks on each web host
 
     @property
     def single(self) -> bool:
@@ -113,22 +117,25 @@ def single_host(spec: str) -> Fleet:
 
 
 def resolve(
-    inventory: Mapping[str, object] | None, given: list[str], listed: list[str]
+    inventory: Mapping[str, object] | None,
+    given: list[str],
+    listed: list[str],
+    lb_health: str = "/",
 ) -> list[tuple[Fleet, FleetHost]]:
     """The hosts a command acts on, each with the fleet it belongs to.
 
     With an inventory, --host (`given`) picks some of its hosts by name or address; without
     one, every host given (or `listed` in invoke.yaml's older *_hosts lists) is a server of
-    its own holding every role.
+    its own holding every role. `lb_health`: eep.lb_health, what the balancer checks.
     """
-    fleet = load(inventory)
+    fleet = load(inventory, lb_health)
     if fleet is not None:
         return [(fleet, host) for host in (fleet.named(given) if given else fleet.hosts)]
     singles = [single_host(spec) for spec in given or listed]
     return [(single, single.hosts[0]) for single in singles]
 
 
-def load(entries: Mapping[str, object] | None) -> Fleet | None:
+def load(entries: Mapping[str, object] | None, lb_health: str = "/") -> Fleet | None:
     """The inventory from invoke.yaml's `eep.hosts` (a mapping name -> settings), checked;
     None when it is empty (hosts then come from --host or the older *_hosts lists)."""
     if not entries:
@@ -136,7 +143,7 @@ def load(entries: Mapping[str, object] | None) -> Fleet | None:
     if not isinstance(entries, Mapping):
         raise FleetError("eep.hosts must map host names to {ssh: ..., roles: [...]}")
     hosts = tuple(_host(str(name), settings) for name, settings in entries.items())
-    fleet = Fleet(hosts)
+    fleet = Fleet(hosts, lb_health=str(lb_health or "/"))
     check(fleet)
     return fleet
 
@@ -190,8 +197,23 @@ def check(fleet: Fleet) -> None:
                 f"eep.hosts.{host}: lb and web on one host both need ports 80 and 443;"
                 " give the load balancer a host of its own"
             )
+        if host.has("lb") and len(host.roles) > 1:
+            raise FleetError(
+                f"eep.hosts.{host}: the lb host plays no other role (HAProxy and the deploy"
+                " account only); give it a host of its own"
+            )
     if len(fleet.with_role("lb")) > 1:
         raise FleetError("eep.hosts: more than one lb host (eep runs one load balancer)")
+    if fleet.lb and app.TLS != "none":
+        raise FleetError(
+            f"eep.hosts.{fleet.lb}: HTTPS at the load balancer is not built yet"
+            f" (tls={app.TLS}); use tls=none behind it, or one host without lb"
+        )
+    if fleet.lb and not _HEALTH_PATH.match(fleet.lb_health):
+        raise FleetError(
+            f"eep.lb_health: {fleet.lb_health[:60]!r} is not a URL path"
+            " (/health/: no space, quote or #)"
+        )
     if app.USE_CELERY:
         if not fleet.with_role("worker"):
             raise FleetError("eep.hosts: no host has the worker role (Celery needs one)")

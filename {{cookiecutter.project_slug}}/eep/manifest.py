@@ -43,7 +43,7 @@ class HostFile:
     roles: frozenset[str] = frozenset()
     # ... and only when the fleet has several hosts (`several`) or only one (`single`).
     fleet: str = ""
-    # Made from eep.hosts: its $NAMEs are filled in for the host by render().
+    # Made from eep.hosts: its $names are filled in for the host by render().
     from_fleet: bool = False
 
     def wanted(self, fleet: Fleet, host: FleetHost) -> bool:
@@ -70,6 +70,13 @@ HOST_FILES = [
     HostFile("config/supervisor-service.conf", "/etc/systemd/system/supervisor.service.d/eep.conf"),
     HostFile("config/nginx.conf", f"/etc/nginx/sites-available/{app.SLUG}", roles=WEB),
     HostFile("config/nginx-default.conf", "/etc/nginx/sites-available/eep-default", roles=WEB),
+    # Included by the site: the load balancer whose X-Forwarded-For nginx believes.
+    HostFile(
+        "config/nginx-balancer.conf",
+        f"{app.CONF_DIR}/nginx-balancer.conf",
+        from_fleet=True,
+        roles=WEB,
+    ),
     # The page nginx answers with in maintenance mode (read through the app's group).
     HostFile("config/maintenance.html", f"{app.CONF_DIR}/maintenance.html", roles=WEB),
     HostFile("config/sudoers", f"/etc/sudoers.d/{app.SLUG}", mode=0o440),
@@ -125,6 +132,15 @@ if app.USE_CELERY:
         ),
     ]
 
+# What the host with the lb role gets instead (eep/balancer.py): HAProxy's configuration,
+# the one script the deploy account may run there as root, its sudo rules, its key.
+LB_FILES = [
+    HostFile("config/haproxy.cfg", "/etc/haproxy/haproxy.cfg", from_fleet=True),
+    HostFile("config/balancer.py", f"{app.CONF_DIR}/balancer", mode=0o755),
+    HostFile("config/sudoers-lb", f"/etc/sudoers.d/{app.SLUG}", mode=0o440),
+    next(entry for entry in HOST_FILES if entry.source == "config/authorized_keys"),
+]
+
 # What earlier versions of this tree installed and this one no longer does: provisioning
 # removes them, so a host holds only what a reviewer can read here.
 RETIRED_FILES = [
@@ -133,8 +149,8 @@ RETIRED_FILES = [
 
 
 def host_file(source: str) -> HostFile:
-    """The entry of HOST_FILES for a file of this tree."""
-    return next(entry for entry in HOST_FILES if entry.source == source)
+    """The entry of HOST_FILES (or LB_FILES) for a file of this tree."""
+    return next(entry for entry in HOST_FILES + LB_FILES if entry.source == source)
 
 
 def files_for(fleet: Fleet, host: FleetHost) -> list[HostFile]:
@@ -177,16 +193,38 @@ def host_values(fleet: Fleet, host: FleetHost) -> dict[str, str]:
 BROKER_SECRET = f"{app.CONF_DIR}/broker-secret.conf"
 
 
+def fleet_values(fleet: Fleet | None) -> dict[str, str]:
+    """What the files made from eep.hosts say about it (no inventory: one host, no balancer)."""
+    lb = fleet.lb if fleet else None
+    webs = fleet.with_role("web") if fleet and lb else []
+    return {
+        # HAProxy: one server per web host, health-checked; the name is the inventory's.
+        "servers": "\n".join(f"    server {web.name} {web.private}:80 check" for web in webs),
+        "health_path": fleet.lb_health if fleet else "/",
+        # nginx: the client's address from X-Forwarded-For, believed from the balancer only.
+        "real_ip": (
+            f"set_real_ip_from {lb.private};\nreal_ip_header X-Forwarded-For;"
+            if lb
+            else "# None: this app has no load balancer in eep.hosts."
+        ),
+    }
+
+
 def render(
     host_file: HostFile,
     tree: Path = TREE,
+    fleet: Fleet | None = None,
     place: Place | None = None,
 ) -> str:
-    """The exact content `host_file` must have on the host; a file made from eep.hosts
-    needs the host's `place` (its fleet and itself)."""
+    """The exact content `host_file` must have on the host: a host of `fleet`, or the
+    host of `place` (its fleet and itself), for the files that depend on the host."""
     text = (tree / host_file.source).read_text(encoding="utf-8")
     if not host_file.from_fleet:
         return text
-    if place is None:
-        raise ValueError(f"{host_file.source} depends on the host: render it for one")
-    return Template(text).substitute(host_values(*place))
+    values = fleet_values(place[0] if place else fleet)
+    if place is not None:
+        values |= host_values(*place)
+    try:
+        return Template(text).substitute(values)
+    except KeyError as error:
+        raise ValueError(f"{host_file.source}: ${error.args[0]} depends on the host") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from eep import app
 from eep.files import ensure_file
@@ -10,6 +11,9 @@ from eep.manifest import host_file
 from eep.pathstate import regular_file
 from eep.remote import HostError, Remote
 from eep.report import Report
+
+if TYPE_CHECKING:
+    from eep.fleet import Fleet
 
 ENABLED = f"/etc/nginx/sites-enabled/{app.SLUG}"
 DEFAULT_ENABLED = "/etc/nginx/sites-enabled/eep-default"
@@ -62,7 +66,9 @@ def ensure_default_site(remote: Remote, report: Report) -> bool:
     return ensure_link(remote, report, DEFAULT_ENABLED, default.path) or changed
 
 
-def ensure_site(remote: Remote, report: Report, *, reload: bool = False) -> None:
+def ensure_site(
+    remote: Remote, report: Report, *, reload: bool = False, fleet: Fleet | None = None
+) -> None:
     ensure_file(remote, report, host_file("config/logrotate.conf"))
     for log in LOG_FILES:
         # Made before nginx opens them: nginx itself would create them 0644.
@@ -70,8 +76,10 @@ def ensure_site(remote: Remote, report: Report, *, reload: bool = False) -> None
     ensure_file(remote, report, host_file("config/maintenance.html"))
     site = host_file("config/nginx.conf")
     backup = f"{site.path}.eep-previous"
+    # Included by the site, so installed first; nginx -t below checks both.
+    balancer = ensure_file(remote, report, host_file("config/nginx-balancer.conf"), fleet=fleet)
     # The accepted file is kept (mtime included) to be put back if nginx -t refuses the new one.
-    changed = ensure_file(remote, report, site, backup=backup)
+    changed = ensure_file(remote, report, site, backup=backup) or balancer
     changed = ensure_link(remote, report, ENABLED, site.path) or changed
     changed = ensure_default_site(remote, report) or changed
     if report.check or not (changed or reload):

@@ -59,8 +59,13 @@ def services_for(host: FleetHost | None) -> list[str]:
 # How these steps read the host: eep.provision runs them all in one round trip first.
 OS_RELEASE = "cat /etc/os-release"
 PYTHON_VERSION = "python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")'"
-QUERIED = PACKAGES + (["nftables"] if app.USE_CELERY else [])
-PACKAGE_STATES = "dpkg-query -W -f='${Package} ${Status}\\n' " + " ".join(QUERIED) + " 2>/dev/null"
+
+
+def package_states(names: list[str]) -> str:
+    return "dpkg-query -W -f='${Package} ${Status}\\n' " + " ".join(names) + " 2>/dev/null"
+
+
+PACKAGE_STATES = package_states(PACKAGES)
 
 
 def service_state(service: str) -> list[str]:
@@ -124,21 +129,18 @@ def check_system(remote: Remote, report: Report) -> bool:
     return found.exited == 0
 
 
-def missing_packages(remote: Remote, wanted: list[str] = PACKAGES) -> list[str]:
-    query = remote.run(PACKAGE_STATES, check=False, changes=False)
+def missing_packages(remote: Remote, packages: list[str] = PACKAGES) -> list[str]:
+    query = remote.run(package_states(packages), check=False, changes=False)
     installed = {
         line.split()[0] for line in query.stdout.splitlines() if line.endswith(" installed")
     }
-    return [name for name in wanted if name not in installed]
+    return [name for name in packages if name not in installed]
 
 
-def ensure_packages(
-    remote: Remote, report: Report, fleet: Fleet | None = None, host: FleetHost | None = None
-) -> None:
-    wanted = packages_for(fleet, host)
-    missing = missing_packages(remote, wanted)
+def ensure_packages(remote: Remote, report: Report, packages: list[str] = PACKAGES) -> None:
+    missing = missing_packages(remote, packages)
     if not missing:
-        report.unchanged("packages", " ".join(wanted))
+        report.unchanged("packages", " ".join(packages))
         return
     if not report.change("packages", "install " + " ".join(missing)):
         return
@@ -157,9 +159,9 @@ def ensure_packages(
         report.change("redis-server", "disabled the shared default instance eep installed")
 
 
-def ensure_services(remote: Remote, report: Report, host: FleetHost | None = None) -> None:
-    """nginx (on a web host) and supervisor (and PostgreSQL) enabled at boot and running."""
-    for service in services_for(host):
+def ensure_services(remote: Remote, report: Report, services: list[str] = SERVICES) -> None:
+    """nginx and supervisor (and PostgreSQL) enabled at boot and running."""
+    for service in services:
         enabled, active = (
             remote.run(query, check=False, changes=False).stdout.strip()
             for query in service_state(service)

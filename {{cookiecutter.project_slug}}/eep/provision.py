@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from eep import accounts, app, broker, claims, database, nginx, packages, supervisor, tls
+from eep import (
+    accounts,
+    app,
+    balancer,
+    broker,
+    claims,
+    database,
+    nginx,
+    packages,
+    supervisor,
+    tls,
+)
 from eep.accounts import ensure_accounts
 from eep.claims import check_claims
 from eep.database import ensure_database
@@ -38,6 +49,9 @@ def provision_host(
     """Every step in order; each reads the host's state first and acts on the difference.
     `host` says which roles this host plays in `fleet`; `token`: with several hosts, the
     broker's password (eep/broker.py; None in check mode before it exists)."""
+    if host.has("lb"):  # HAProxy and the deploy account only (fleet.check: never web too)
+        balancer.provision_lb(remote, report, fleet)
+        return
     place = (fleet, host)
     read_host(remote)  # does nothing on a host without python3 yet
     has_python = check_system(remote, report)
@@ -46,8 +60,8 @@ def provision_host(
     if has_python:
         check_claims(remote, report)
         database.check_claims(remote)
-    ensure_packages(remote, report, fleet, host)
-    ensure_services(remote, report, host)
+    ensure_packages(remote, report, packages.packages_for(fleet, host))
+    ensure_services(remote, report, packages.services_for(host))
     if not remote.has_facts():  # the packages or services changed
         read_host(remote)
     if not has_python:
@@ -76,7 +90,7 @@ def provision_host(
         return  # no nginx here: a worker or broker host of several
     if app.TLS != "none":
         tls.ensure_self_signed(remote, report)  # before the site: nginx -t reads its links
-    ensure_site(remote, report, reload=nginx_groups_changed)
+    ensure_site(remote, report, reload=nginx_groups_changed, fleet=fleet)
     tls.ensure_acme(remote, report)  # after: nginx serves the challenge path
 
 

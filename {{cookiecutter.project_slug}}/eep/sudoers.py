@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable
 
 from eep.files import ensure_file
 from eep.manifest import host_file, render
@@ -12,26 +13,32 @@ from eep.remote import HostError, Remote
 from eep.report import Report
 
 
-def ensure_sudoers(remote: Remote, report: Report) -> None:
-    def visudo(temp: str) -> None:
+def visudo(remote: Remote, source: str = "config/sudoers") -> Callable[[str], None]:
+    """The check a sudoers file must pass before it goes live (ensure_file's `validate`)."""
+
+    def check(temp: str) -> None:
         # The temporary name contains a dot, so sudo never reads it while it is checked.
         result = remote.run(f"visudo -cf {shlex.quote(temp)}", check=False)
         if result.exited != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()
-            raise HostError(f"visudo refused config/sudoers: {detail[0] if detail else '?'}")
+            raise HostError(f"visudo refused {source}: {detail[0] if detail else '?'}")
 
+    return check
+
+
+def ensure_sudoers(remote: Remote, report: Report) -> None:
     # The scripts the rules name go first, so a rule never points at a missing file.
     ensure_file(remote, report, host_file("config/stop-app.sh"))
     ensure_file(remote, report, host_file("config/reload.py"))
     ensure_file(remote, report, host_file("config/eep_env.py"))
     ensure_file(remote, report, host_file("config/as-app.py"))
-    ensure_file(remote, report, host_file("config/sudoers"), validate=visudo)
+    ensure_file(remote, report, host_file("config/sudoers"), validate=visudo(remote))
 
 
-def rules() -> list[tuple[str, str]]:
-    """(run as, command) of every rule in config/sudoers: the one statement of what the
-    deploy account may run, read by the audit too."""
-    text = re.sub(r"\\\n\s*", " ", render(host_file("config/sudoers")))
+def rules(source: str = "config/sudoers") -> list[tuple[str, str]]:
+    """(run as, command) of every rule in config/sudoers (config/sudoers-lb on the load
+    balancer): the one statement of what the deploy account may run, read by the audit too."""
+    text = re.sub(r"\\\n\s*", " ", render(host_file(source)))
     found = []
     for line in text.splitlines():
         match = re.match(r"^\S+ ALL = \((\w+)\) NOPASSWD: (.*)$", line)
