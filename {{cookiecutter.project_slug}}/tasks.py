@@ -10,15 +10,22 @@ def _hosts(c, given: str, setting: str) -> list[str]:
     from eep.remote import use_known_hosts
 
     use_known_hosts(c.config.eep.get("known_hosts") or "known_hosts")
-    if c.config.eep.get("hosts"):
-        # With an inventory, hosts are named by it: each as root or as the deploy account.
+    hosts = [h.strip() for h in given.split(",") if h.strip()] or c.config.eep[setting]
+    if _by_name(c, given):
+        # With an inventory, hosts are named by it (USER@HOST still names one directly):
+        # each as root or as the deploy account.
         if setting == "provision_hosts":
             return [h.provision_spec() for _, h in _targets(c, given, setting)]
         return [h.deploy_spec() for _, h in _targets(c, given, setting) if h.runs_app]
-    hosts = [h.strip() for h in given.split(",") if h.strip()] or c.config.eep[setting]
     if not hosts:
         raise Exit(f"error: no host: pass --host or set eep.{setting} in invoke.yaml", code=1)
     return hosts
+
+
+def _by_name(c, given: str) -> bool:
+    """Whether the hosts are the inventory's (eep.hosts), named or all of them, rather
+    than USER@HOST targets given with --host."""
+    return bool(c.config.eep.get("hosts")) and "@" not in given
 
 
 def _targets(c, given: str, setting: str):
@@ -216,7 +223,7 @@ def status(c, host="", identity=""):
     from eep.report import say
 
     down = []
-    if not c.config.eep.get("hosts"):
+    if not _by_name(c, host):
         _on_hosts(
             c, host, lambda spec: run(spec, identity=identity)["healthy"] or down.append(spec)
         )
