@@ -12,7 +12,13 @@ import sys
 from pathlib import Path
 
 # Files that only make sense with an attached Celery worker and its broker.
-CELERY_FILES = ("config/redis.conf",)
+CELERY_FILES = (
+    "config/redis.conf",
+    "config/redis-fleet.conf",
+    "config/supervisor-broker.conf",
+    "config/firewall.nft",
+    "config/firewall.service",
+)
 # What .cookiecutter.json keeps of cookiecutter's own entries: the template as given
 # (a git URL, or a directory), the --checkout asked for, and (added here) the commit.
 # The others (_output_dir, _repo_dir) are paths of the machine that baked the tree.

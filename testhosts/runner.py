@@ -37,6 +37,9 @@ def nspawn_command(state: dict, host_dir: Path, apt_cache: Path) -> list[str]:
         f"--machine={state['name']}",
         "--console=read-only",
         f"--network-namespace-path=/run/netns/{state['netns']}",
+        # Firewall rules (nftables) of the guest's own network namespace: eep's broker
+        # host loads some. Its netns is its own, so nothing of the machine's is reached.
+        "--capability=CAP_NET_ADMIN",
         "--resolv-conf=off",
         f"--overlay={apt_cache}:{host_dir / 'apt-upper'}:/var/cache/apt/archives",
         "-D",

@@ -66,6 +66,28 @@ def check_uwsgi_ini(path: Path) -> str | None:
     return _run([*cmd, "--hook-asap", "exit:0"], stdin=subprocess.DEVNULL)
 
 
+HOST_INI_VALUES = {"WEB": "no", "WORKER": "yes", "BEAT": "yes", "BROKER": "yes"}
+
+
+def check_uwsgi_base_ini(path: Path) -> str | None:
+    """The enforced ini as the host reads it: with config/host.ini rendered for a
+    worker host (its `if-not-opt = eep-web=yes` block applies) at the path it includes."""
+    text = path.read_text()
+    host_ini = re.search(r"^ini = (/\S+/host\.ini)$", text, re.M)
+    if host_ini is None:
+        return "the enforced ini does not include host.ini"
+    rendered = re.sub(
+        r"\$([A-Z_]+)",
+        lambda m: HOST_INI_VALUES.get(m.group(1), "x"),
+        (path.parent / "host.ini").read_text(),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "host.ini").write_text(rendered)
+        copy = Path(tmp) / "uwsgi.ini"
+        copy.write_text(text.replace(host_ini.group(1), f"{tmp}/host.ini"))
+        return check_uwsgi_ini(copy)
+
+
 # Supervisor's loader resolves user and group names and checks that log
 # directories exist; the app's accounts and its /var/log/<slug> only exist on
 # the server, so the check maps unknown names to a fixed id and accepts log

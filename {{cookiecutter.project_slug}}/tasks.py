@@ -11,9 +11,21 @@ def _hosts(c, given: str, setting: str) -> list[str]:
 
     use_known_hosts(c.config.eep.get("known_hosts") or "known_hosts")
     hosts = [h.strip() for h in given.split(",") if h.strip()] or c.config.eep[setting]
+    if _by_name(c, given):
+        # With an inventory, hosts are named by it (USER@HOST still names one directly):
+        # each as root or as the deploy account.
+        if setting == "provision_hosts":
+            return [h.provision_spec() for _, h in _targets(c, given, setting)]
+        return [h.deploy_spec() for _, h in _targets(c, given, setting) if h.runs_app]
     if not hosts:
         raise Exit(f"error: no host: pass --host or set eep.{setting} in invoke.yaml", code=1)
     return hosts
+
+
+def _by_name(c, given: str) -> bool:
+    """Whether the hosts are the inventory's (eep.hosts), named or all of them, rather
+    than USER@HOST targets given with --host."""
+    return bool(c.config.eep.get("hosts")) and "@" not in given
 
 
 def _targets(c, given: str, setting: str):
@@ -276,6 +288,16 @@ def audit(c, host="", identity=""):
         raise Exit(f"error: audit failed on {', '.join(failed)}", code=1)
 
 
+def _one(label: str, action, *args, **kwargs):
+    """`action(*args, **kwargs)`, or exit 1 with one line naming the host when it fails."""
+    from eep.remote import HostError
+
+    try:
+        return action(*args, **kwargs)
+    except HostError as error:
+        raise Exit(f"error: [{label}] {error}", code=1) from None
+
+
 def _balancer(c):
     """The lb host of eep.hosts, or None."""
     from eep.fleet import FleetError, load
@@ -291,18 +313,34 @@ def _balancer(c):
 def status(c, host="", identity=""):
     """Show every process of the app, the current release and nginx's answer; exit 1 if down."""
     from eep.control import status as run
+    from eep.report import say
 
     down = []
-    _on_hosts(c, host, lambda spec: run(spec, identity=identity) or down.append(spec))
+    if not _by_name(c, host):
+        _on_hosts(
+            c, host, lambda spec: run(spec, identity=identity)["healthy"] or down.append(spec)
+        )
+    else:
+        # With an inventory: each app host's table, then one line per host.
+        rows = []
+        for _, target in _targets(c, host, "deploy_hosts"):
+            if not target.runs_app:
+                continue  # the balancer (below), or a broker host of its own (`invoke audit`)
+            spec = target.deploy_spec()
+            found = _one(target.name, run, spec, identity=identity, name=target.name)
+            rows.append((target.name, ",".join(sorted(target.roles)), found))
+        width = max([len(row[0]) for row in rows] + [4])
+        say(f"{'host':<{width}}  {'roles':<20} {'release':<40} health")
+        for name, roles, found in rows:
+            state = "up" if found["healthy"] else "DOWN"
+            say(f"{name:<{width}}  {roles:<20} {found['release']:<40} {state}: {found['health']}")
+        down = [name for name, _, found in rows if not found["healthy"]]
     lb = _balancer(c)
     if lb is not None:
         from eep.balancer import status as balancer_status
 
-        _on_hosts(
-            c,
-            lb.deploy_spec(),
-            lambda spec: balancer_status(spec, identity=identity) or down.append(lb.name),
-        )
+        if not _one(lb.name, balancer_status, lb.deploy_spec(), identity=identity):
+            down.append(lb.name)
     if down:
         raise Exit(f"error: down on {', '.join(down)}", code=1)
 
@@ -348,10 +386,9 @@ def _on_one_host(c, host: str, action) -> None:
     hosts = _hosts(c, host, "deploy_hosts")
     if len(hosts) != 1:
         raise Exit("error: several deploy hosts: choose one with --host", code=1)
-    exited = []
-    _on_hosts(c, hosts[0], lambda spec: exited.append(action(spec)))
-    if exited[0]:
-        raise Exit(code=exited[0])
+    exited = _one(hosts[0], action, hosts[0])
+    if exited:
+        raise Exit(code=exited)
 
 
 @task(

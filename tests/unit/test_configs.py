@@ -29,7 +29,7 @@ CHECKS = [
     ),
     pytest.param(
         "config/uwsgi-base.ini",
-        configcheck.check_uwsgi_ini,
+        configcheck.check_uwsgi_base_ini,
         ("lazy-apps = true", "lazy-apps-please = true"),
         id="uwsgi-base",
     ),

@@ -9,8 +9,11 @@ Installed as {{ cookiecutter.__conf_dir }}/python/eep_env.py (root:root 0644). U
 
 The settings file, {{ cookiecutter.__app_root }}/shared/env, belongs to the app user (0600): one
 `NAME=VALUE` line each. Only the app user reads it (the deploy account through as-app);
-root never does. Names that eep's own ini sets (the database, the broker, the shared
-directory) cannot be overridden: the base ini states them once.
+root never does. Names that eep's own ini files set (the database, the broker, the
+shared directory) cannot be overridden: the base ini and this host's host.ini state them
+once. With several hosts, the broker's URL there has no password: it is added here from
+{{ cookiecutter.__conf_dir }}/broker-secret.conf (root-owned, readable by the app's group,
+copied by provisioning from the broker host), so it is in no file of the tree.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 
 SETTINGS = Path("{{ cookiecutter.__app_root }}/shared/env")
 BASE_INI = Path("{{ cookiecutter.__conf_dir }}/uwsgi.ini")
+HOST_INI = Path("{{ cookiecutter.__conf_dir }}/host.ini")
+BROKER_SECRET = Path("{{ cookiecutter.__conf_dir }}/broker-secret.conf")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 MAX_VALUE = 64 * 1024
 # Set by eep for every process of the app: a setting of that name would be ignored
@@ -50,11 +55,30 @@ def ini_env(text: str) -> dict[str, str]:
 
 
 def base_env() -> dict[str, str]:
-    """What eep's own ini (config/uwsgi-base.ini) sets: the database, broker, shared dir."""
+    """What eep's own ini files set: where the broker is (this host's host.ini), the
+    database and the shared directory (config/uwsgi-base.ini); the broker's password added."""
+    found: dict[str, str] = {}
+    for path in (HOST_INI, BASE_INI):
+        try:
+            found.update(ini_env(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:  # not provisioned yet
+            pass
+    if "CELERY_BROKER_URL" in found:
+        found["CELERY_BROKER_URL"] = with_password(found["CELERY_BROKER_URL"])
+    return found
+
+
+def with_password(url: str) -> str:
+    """A redis:// broker URL (several hosts) with the broker's password in it."""
+    if not url.startswith("redis://") or "@" in url:
+        return url  # one host: the private unix socket needs no password
     try:
-        return ini_env(BASE_INI.read_text(encoding="utf-8"))
-    except FileNotFoundError:  # not provisioned yet
-        return {}
+        words = BROKER_SECRET.read_text(encoding="utf-8").split()
+    except OSError:
+        return url  # not copied here yet: the broker refuses, Celery says why
+    if len(words) != 2 or words[0] != "requirepass":
+        return url
+    return f"redis://:{words[1]}@{url.removeprefix('redis://')}"
 
 
 def enforced() -> set[str]:
@@ -104,6 +128,8 @@ def usable(settings: dict[str, str]) -> dict[str, str]:
 
 
 if "uwsgi" in sys.modules:  # imported by a uWSGI worker: apply the settings now
+    if "CELERY_BROKER_URL" in os.environ:  # set by host.ini, without the password
+        os.environ["CELERY_BROKER_URL"] = with_password(os.environ["CELERY_BROKER_URL"])
     try:
         os.environ.update(usable(read()))
     except OSError as error:  # unreadable: say so in the log, the app decides what is missing

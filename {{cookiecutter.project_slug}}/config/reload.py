@@ -33,6 +33,11 @@ when the release does not come up: a new worker accepts without the app (its imp
 failed), workers keep dying while they load it, or the timeout. Exit 3 when uWSGI is not
 running, or exits during `wait` (the caller then has supervisor start it); a master
 that exits during a reload is a failure (1). A failure line ends with what uWSGI logged about it.
+
+On a host without the web role (config/host.ini: eep-web = no) the master has no web
+worker, only attached processes: `chain` and `all` have nothing to reload, `full`
+signals the master and waits until the new one answers on its stats socket, `wait`
+until the master answers.
 """
 
 import json
@@ -46,6 +51,7 @@ import time
 STATS = "{{ cookiecutter.__run_dir }}/uwsgi/stats.sock"
 LOG = "{{ cookiecutter.__log_dir }}/uwsgi.log"
 MASTER_PIDFILE = "{{ cookiecutter.__run_dir }}/uwsgi/uwsgi.pid"
+HOST_INI = "{{ cookiecutter.__conf_dir }}/host.ini"
 TIMEOUT = 300
 RESEND = 1.0
 AT_ONCE = {"chain": 1, "all": sys.maxsize}  # workers out of service at a time
@@ -229,6 +235,41 @@ def wait_ready(deadline: float, watch: Watch) -> bool:
     return False
 
 
+def web_host() -> bool:
+    """Whether web workers serve requests here (config/host.ini; a host provisioned
+    before roles existed has no such file and serves)."""
+    try:
+        with open(HOST_INI) as ini:
+            found = re.search(r"^set-placeholder\s*=\s*eep-web=no\s*$", ini.read(), re.MULTILINE)
+            return found is None
+    except OSError:
+        return True
+
+
+def master_only(mode: str, deadline: float, watch: Watch) -> bool:
+    """No web worker here: `full` re-executes the master (SIGHUP), which then binds its
+    stats socket anew; every mode ends when the master answers there."""
+    if mode == "full":
+        before = os.stat(STATS).st_ino
+        os.kill(watch.master, signal.SIGHUP)
+        while time.monotonic() < deadline:
+            watch([])
+            try:
+                if os.stat(STATS).st_ino != before:
+                    break
+            except OSError:
+                pass  # between the old socket's removal and the new one
+            time.sleep(0.05)
+    while time.monotonic() < deadline:
+        watch([])
+        try:
+            workers()
+            return True
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    return False
+
+
 def main() -> int:
     modes = (*AT_ONCE, "full", "wait")
     if len(sys.argv) != 2 or sys.argv[1] not in modes:
@@ -247,7 +288,9 @@ def main() -> int:
     deadline = time.monotonic() + TIMEOUT
     watch = Watch(master)
     try:
-        if mode == "full":
+        if not web_host():
+            done = master_only(mode, deadline, watch)
+        elif mode == "full":
             done = reload_master(old, deadline, watch)
         elif mode == "wait":
             done = wait_ready(deadline, watch)

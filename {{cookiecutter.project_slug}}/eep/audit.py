@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 
 import paramiko
 
-from eep import app, database, tls
+from eep import app, broker, database, tls
 from eep.accounts import group_members
 from eep.claims import TOP_DIRS, adoption_problems, membership_problems, read_facts
 from eep.files import file_difference
+from eep.fleet import single_host
 from eep.layout import (
     APP_FILES,
     DIRECTORIES,
@@ -28,7 +29,15 @@ from eep.layout import (
     MAINTENANCE_FLAG_STATE,
     RUN_DIRECTORIES,
 )
-from eep.manifest import HOST_FILES, RETIRED_FILES, host_file
+from eep.manifest import (
+    BROKER_PORT,
+    BROKER_SECRET,
+    HOST_FILES,
+    RETIRED_FILES,
+    Place,
+    files_for,
+    host_file,
+)
 from eep.nginx import ENABLED
 from eep.pathstate import PathState
 from eep.remote import Remote, Target, known_hosts_path
@@ -51,10 +60,11 @@ class Check:
 class Audit:
     """The checks of one host; each appends one Check."""
 
-    def __init__(self, remote: Remote, as_root: bool, fleet: Fleet | None = None) -> None:
+    def __init__(self, remote: Remote, as_root: bool, place: Place) -> None:
         self.remote = remote
         self.as_root = as_root
-        self.fleet = fleet  # files made from eep.hosts are compared as rendered for it
+        self.place = place  # the host's fleet, and itself: the roles it is checked for
+        self.fleet, self.host = place  # files made from eep.hosts are rendered for them
         self.checks: list[Check] = []
 
     def record(self, name: str, problems: list[str], passed: str = "") -> None:
@@ -189,16 +199,17 @@ class Audit:
         self.record(name, problems, "" if self.as_root else "visudo -c not run (needs root)")
 
     def drift(self) -> None:
-        paths = [f.path for f in HOST_FILES]
+        files = files_for(*self.place)
+        paths = [f.path for f in files]
         self.remote.prefetch(paths + RETIRED_FILES, paths)
         problems, unread = [], []
-        for entry in HOST_FILES:
+        for entry in files:
             content = self.remote.read(entry.path)
             if self.remote.stat(entry.path) is None:
                 problems.append(f"{entry.path} missing")
             elif content is None:
                 unread.append(entry.path)  # exists, but this account may not read it
-            elif why := file_difference(self.remote, entry, content, self.fleet):
+            elif why := file_difference(self.remote, entry, content, place=self.place):
                 problems.append(f"{entry.path} differs from {entry.source} ({why})")
         problems += [
             f"{path} is left from an earlier version of this tree (provision removes it)"
@@ -210,7 +221,7 @@ class Audit:
         extra = sorted(set(self.sh(f"ls -A {ssh_dir}").split()) - {"authorized_keys"})
         problems += [f"{ssh_dir}/{name} is not from the tree" for name in extra]
         link = self.sh(f"readlink {ENABLED}").strip()
-        if link != host_file("config/nginx.conf").path:
+        if self.host.has("web") and link != host_file("config/nginx.conf").path:
             problems.append(f"{ENABLED} is not the app's site")
         passed = f"not readable without root: {', '.join(unread)}" if unread else ""
         self.record("config matches the tree (no drift)", problems, passed)
@@ -223,12 +234,13 @@ class Audit:
 
     def services(self) -> None:
         problems = []
-        for service in ("nginx", "supervisor"):
+        services = ("nginx", "supervisor") if self.host.has("web") else ("supervisor",)
+        for service in services:
             enabled = self.sh(f"systemctl is-enabled {service}").strip()
             active = self.sh(f"systemctl is-active {service}").strip()
             if (enabled, active) != ("enabled", "active"):
                 problems.append(f"{service} is {enabled or '?'}/{active or '?'}")
-        self.record("nginx and supervisor enabled at boot and running", problems)
+        self.record(f"{' and '.join(services)} enabled at boot and running", problems)
 
     def host_key(self) -> None:
         # Where SSH really connected (an ~/.ssh/config alias resolved), as known_hosts names it.
@@ -287,7 +299,43 @@ class Audit:
                 tls.TIMER,
             )
 
+    def broker_secret(self) -> None:
+        """Several hosts: the broker's password, root's to write, the app's to read."""
+        have = self.remote.stat(BROKER_SECRET)
+        problem = [] if have == broker.SECRET_STATE else [f"{BROKER_SECRET} is {have or 'missing'}"]
+        self.record(f"broker password {broker.SECRET_STATE.ownership}", problem)
+
+    def broker_network(self) -> None:
+        """Several hosts, on the broker host: Redis listens on the private address alone,
+        its firewall rule is loaded and loaded again at boot."""
+        private = self.place[0].broker.private if self.place[0].broker else ""
+        listening = self.sh("ss -Hltn").split("\n")
+        found = [
+            line.split()[3]
+            for line in listening
+            if len(line.split()) > 3 and line.split()[3].rsplit(":", 1)[-1] == str(BROKER_PORT)
+        ]
+        problems = [
+            f"the broker listens on {where}"
+            for where in found
+            if where != f"{private}:{BROKER_PORT}"
+        ]
+        if not found:
+            problems.append(f"nothing listens on {private}:{BROKER_PORT}")
+        self.record(f"broker listens on {private}:{BROKER_PORT} only", problems)
+        problems = []
+        if self.as_root:
+            rules = self.sh(f"nft list table {broker.FIREWALL_TABLE}")
+            if "@app_hosts" not in rules:
+                problems.append(f"table {broker.FIREWALL_TABLE} is not loaded")
+        enabled = self.sh(f"systemctl is-enabled {broker.FIREWALL_UNIT}").strip()
+        if enabled != "enabled":
+            problems.append(f"{broker.FIREWALL_UNIT} is {enabled or 'absent'}")
+        passed = "" if self.as_root else "rules not read (needs root)"
+        self.record("broker port open to the app's hosts only (firewall)", problems, passed)
+
     def run_all(self) -> list[Check]:
+        fleet, host = self.place
         self.processes()
         self.socket()
         self.read_only_code()
@@ -300,8 +348,12 @@ class Audit:
         self.host_key()
         if database.ENABLED:
             self.postgresql()
-        if app.TLS != "none":
+        if app.TLS != "none" and host.has("web"):
             self.https()
+        if broker.needs_secret(fleet):
+            self.broker_secret()
+            if host.has("broker"):
+                self.broker_network()
         return self.checks
 
 
@@ -322,17 +374,23 @@ def unexpected_rules(listing: str, expected: set[str] | None = None) -> list[str
 def audit(
     spec: str, *, identity: str = "", fleet: Fleet | None = None, host: FleetHost | None = None
 ) -> bool:
-    """Print the table for one host (`host` of `fleet`, if any); True when every check passed."""
+    """Print the table for one host (`host` of `fleet`, if any: checked for its roles;
+    otherwise a host of its own, every role); True when every check passed."""
     target = Target.parse(spec, default_user="root")
     as_root = target.user != app.DEPLOY_USER
+    if fleet is None or host is None:  # a host of its own: every role
+        fleet = single_host(spec)
+        host = fleet.hosts[0]
+    place = (fleet, host)
+    label = str(target) if place[0].single else place[1].name
     remote = Remote(target, identity=identity, become_root=as_root)
     remote.open()
     try:
-        checker = Audit(remote, as_root, fleet)
-        if host is not None and host.has("lb"):
+        checker = Audit(remote, as_root, place)
+        if place[1].has("lb"):
             from eep import balancer  # imports this module
 
-            balancer.audit_checks(checker, fleet)
+            balancer.audit_checks(checker, place[0])
             checks = checker.checks
         else:
             checks = checker.run_all()
@@ -340,9 +398,9 @@ def audit(
         remote.close()
     for check in checks:
         say(
-            f"[{target}] {check.status:<5} {check.name}"
+            f"[{label}] {check.status:<5} {check.name}"
             + (f": {check.detail}" if check.detail else "")
         )
     failed = sum(check.status == "FAIL" for check in checks)
-    say(f"[{target}] audit: {len(checks) - failed} passed, {failed} failed")
+    say(f"[{label}] audit: {len(checks) - failed} passed, {failed} failed")
     return not failed

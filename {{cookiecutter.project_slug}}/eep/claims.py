@@ -169,10 +169,12 @@ def _paths(facts: dict) -> list[str]:
 def _other_claims(facts: dict) -> list[str]:
     """Names and paths that another program, site or tmpfiles.d file already uses."""
     problems = []
-    own_conf = host_file("config/supervisor.conf").path
+    # The app's program, and with Celery its broker's (a file of its own: eep/manifest.py).
+    programs = ("config/supervisor.conf", "config/supervisor-broker.conf")
+    own_conf = {f.path for f in HOST_FILES if f.source in programs}
     for path, text in facts["supervisor"]:
         for name in supervisor_sections(text):
-            if path != own_conf and name in PROGRAMS:
+            if path not in own_conf and name in PROGRAMS:
                 problems.append(f"supervisor program {name} is already defined in {path}")
     own_site = {host_file("config/nginx.conf").path, ENABLED}
     wanted = {d.lower() for d in app.DOMAINS}

@@ -102,43 +102,69 @@ def beat_state(processes: list[Process], trigger_age: float | None) -> tuple[str
     return "NOT RUNNING; see `invoke logs`", False
 
 
-def status(spec: str, *, identity: str = "") -> bool:
-    """Print one table of the app's state; return False when something is down."""
+def status(spec: str, *, identity: str = "", name: str = "") -> dict:
+    """Print one table of the app's state on one host, for the roles it plays there;
+    return {"healthy": bool, "release": id or "none", "health": one line}."""
     with Session(spec, identity) as session:
-        states = {program: program_state(session, program) for program in PROGRAMS}
+        web, worker = session.has("web"), app.USE_CELERY and session.has("worker")
+        programs = [p for p in PROGRAMS if p == app.SLUG or session.has("broker")]
+        states = {program: program_state(session, program) for program in programs}
         current = next((r for r in session.agent("list")["releases"] if r["current"]), None)
         socket = session.remote.run(f"stat -c '%A %U:%G' {app.SOCKET}", check=False).stdout
-        answer = session.http_status("/health")
+        answer = session.http_status("/health") if web else 0
         processes = _processes(session)
         ages = session.remote.run(
             f"date +%s; stat -c %Y {app.DEPLOY_TRIGGER}", check=False
         ).stdout.split()
         trigger_age = int(ages[0]) - int(ages[1]) if len(ages) == 2 else None
-        maintenance = maintenance_state(session)
-        certificate = tls.describe(session.remote) if app.TLS != "none" else None
+        maintenance = maintenance_state(session) if web else ""
+        certificate = tls.describe(session.remote) if app.TLS != "none" and web else None
+        roles = session.roles.get("eep-roles", "")
+    prefix = f"[{name}] " if name else ""
+    if roles:
+        say(f"{prefix}roles     {roles}")
     for program, state in states.items():
-        say(f"program   {program:<24} {state}")
+        say(f"{prefix}program   {program:<24} {state}")
     for role, pid, uptime, memory, command in processes:
-        say(f"process   {role:<14} pid {pid:<7} up {uptime}  {memory:>8}  {command}")
+        say(f"{prefix}process   {role:<14} pid {pid:<7} up {uptime}  {memory:>8}  {command}")
     release = f"{current['id']} (activated {current['activated'][-1]})" if current else "none"
-    say(f"release   {release}")
-    say(f"socket    {app.SOCKET} {socket.strip() or 'MISSING'}")
-    say(f"nginx     GET /health on {app.DOMAINS[0]} -> {answer or 'no answer'}")
+    say(f"{prefix}release   {release}")
+    healthy = all(s == "RUNNING" for s in states.values())
+    health = []
+    if web:
+        say(f"{prefix}socket    {app.SOCKET} {socket.strip() or 'MISSING'}")
+        say(f"{prefix}nginx     GET /health on {app.DOMAINS[0]} -> {answer or 'no answer'}")
+        healthy = healthy and 0 < answer < 500
+        health.append(f"GET /health {answer or 'no answer'}")
     if certificate:
-        say(f"https     {certificate[0]}" + ("" if certificate[1] else " (RENEW SOON)"))
+        say(f"{prefix}https     {certificate[0]}" + ("" if certificate[1] else " (RENEW SOON)"))
     if maintenance:
-        say(f"maintenance {maintenance}: visitors get 503 (`invoke maintenance off` ends it)")
-    healthy = all(s == "RUNNING" for s in states.values()) and 0 < answer < 500
-    if app.USE_CELERY:
+        say(
+            f"{prefix}maintenance {maintenance}: visitors get 503 (`invoke maintenance off` ends it)"
+        )
+    if worker:
         celery, celery_ok = celery_state(processes, trigger_age)
-        say(f"celery    {celery}")
+        say(f"{prefix}celery    {celery}")
         healthy = healthy and celery_ok
-    if app.USE_BEAT:
+        health.append(f"celery {celery.split(';')[0]}")
+    if app.USE_BEAT and worker and session.has("beat"):
         beat, beat_ok = beat_state(processes, trigger_age)
-        say(f"beat      {beat}")
+        say(f"{prefix}beat      {beat}")
         healthy = healthy and beat_ok
-    say("status: " + ("up" if healthy else "DOWN"))
-    return healthy
+        health.append(f"beat {beat.split(';')[0]}")
+    elif app.USE_BEAT and any(row[0] == "celery beat" for row in processes):
+        # Beat belongs to the beat host alone: one here too runs every job twice.
+        say(f"{prefix}beat      RUNNING here, but this is not the beat host")
+        healthy = False
+        health.append("beat running on the wrong host")
+    if session.has("broker") and app.USE_CELERY:
+        health.append(f"broker {states.get(f'{app.SLUG}-redis', '?')}")
+    say(f"{prefix}status: " + ("up" if healthy else "DOWN"))
+    return {
+        "healthy": healthy,
+        "release": current["id"] if current else "none",
+        "health": ", ".join(health),
+    }
 
 
 def restart(spec: str, *, identity: str = "", mode: str = "chain") -> None:

@@ -6,7 +6,7 @@ import shlex
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from eep.manifest import HostFile, render
+from eep.manifest import HostFile, Place, render
 from eep.pathstate import PathState
 from eep.remote import HostError, Remote
 from eep.report import Report, unified_diff
@@ -30,16 +30,21 @@ def ensure_dir(remote: Remote, report: Report, path: str, want: PathState) -> bo
 
 
 def file_difference(
-    remote: Remote, host_file: HostFile, have: bytes | None, fleet: Fleet | None = None
+    remote: Remote,
+    host_file: HostFile,
+    have: bytes | None,
+    fleet: Fleet | None = None,
+    place: Place | None = None,
 ) -> str:
     """How the host's file (its content: `have`) differs from the tree's; "" if it does not.
 
     Provisioning acts on it; the audit's drift check reports it. `fleet`: the inventory
-    the files made from eep.hosts are rendered with.
+    the files made from eep.hosts are rendered with; `place`: the host and its fleet, for
+    the files that depend on the host.
     """
     if have is None:
         return "created"
-    if have != render(host_file, fleet=fleet).encode():
+    if have != render(host_file, fleet=fleet, place=place).encode():
         return "content differs"
     meta = remote.stat(host_file.path)
     if meta != host_file.state:
@@ -55,16 +60,18 @@ def ensure_file(
     validate: Callable[[str], None] | None = None,
     backup: str = "",
     fleet: Fleet | None = None,
+    place: Place | None = None,
 ) -> bool:
     """Install one file from the tree; `validate(temp_path)` may refuse it before it goes live.
 
-    With `backup`, the file being replaced is first copied there (mtime kept).
+    With `backup`, the file being replaced is first copied there (mtime kept). A file
+    that depends on the host is rendered for its `place` (eep/manifest.py).
     Returns True when the host's file changed (or would change, in check mode).
     """
-    want = render(host_file, fleet=fleet).encode()
+    want = render(host_file, fleet=fleet, place=place).encode()
     have = remote.read(host_file.path)
     step = f"file {host_file.path}"
-    why = file_difference(remote, host_file, have, fleet)
+    why = file_difference(remote, host_file, have, fleet, place)
     if not why:
         report.unchanged(step)
         return False

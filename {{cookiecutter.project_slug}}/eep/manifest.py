@@ -3,6 +3,12 @@
 The files under config/ are final after baking: what a reviewer reads there is
 byte for byte what lands on the host. Provisioning, `--check` diffs and the
 audit's drift check all read them through `render()`, so they cannot disagree.
+
+A few files depend on the host's place in the fleet (eep.hosts in invoke.yaml): its
+roles, the broker's private address, the app hosts allowed to reach it. Those are
+marked `from_fleet` and hold `$NAME` placeholders, each documented in the file's header
+comment; `render()` fills them in with the values `host_values()` gives for one host
+(string.Template: `$$` is a dollar sign), and nothing else.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from eep import app
 from eep.pathstate import PathState, regular_file
 
 if TYPE_CHECKING:
-    from eep.fleet import Fleet
+    from eep.fleet import Fleet, FleetHost
+
+# A host's place: the fleet it belongs to, and itself.
+Place = tuple["Fleet", "FleetHost"]
 
 TREE = Path(__file__).resolve().parent.parent
 
@@ -30,26 +39,46 @@ class HostFile:
     mode: int = 0o644
     owner: str = "root"
     group: str = "root"
-    # Made from eep.hosts too: its $names are filled in by render() (fleet_values).
+    # Installed only on hosts with one of these roles (empty: on every host) ...
+    roles: frozenset[str] = frozenset()
+    # ... and only when the fleet has several hosts (`several`) or only one (`single`).
+    fleet: str = ""
+    # Made from eep.hosts: its $names are filled in for the host by render().
     from_fleet: bool = False
+
+    def wanted(self, fleet: Fleet, host: FleetHost) -> bool:
+        """Whether `host` of `fleet` gets this file."""
+        if self.roles and not self.roles & host.roles:
+            return False
+        return self.fleet != ("single" if not fleet.single else "several")
 
     @property
     def state(self) -> PathState:
         return regular_file(self.owner, self.group, self.mode)
 
 
+WEB = frozenset({"web"})  # nginx's files: on web hosts only
 HOST_FILES = [
     HostFile("config/tmpfiles.conf", f"/etc/tmpfiles.d/eep-{app.SLUG}.conf"),
     HostFile("config/uwsgi-base.ini", f"{app.CONF_DIR}/uwsgi.ini"),
     HostFile("config/no-release.py", f"{app.CONF_DIR}/no-release.py"),
-    HostFile("config/supervisor.conf", f"/etc/supervisor/conf.d/{app.SLUG}.conf"),
+    HostFile(
+        "config/supervisor.conf",
+        f"/etc/supervisor/conf.d/{app.SLUG}.conf",
+        roles=frozenset({"web", "worker"}),
+    ),
     HostFile("config/supervisor-service.conf", "/etc/systemd/system/supervisor.service.d/eep.conf"),
-    HostFile("config/nginx.conf", f"/etc/nginx/sites-available/{app.SLUG}"),
-    HostFile("config/nginx-default.conf", "/etc/nginx/sites-available/eep-default"),
+    HostFile("config/nginx.conf", f"/etc/nginx/sites-available/{app.SLUG}", roles=WEB),
+    HostFile("config/nginx-default.conf", "/etc/nginx/sites-available/eep-default", roles=WEB),
     # Included by the site: the load balancer whose X-Forwarded-For nginx believes.
-    HostFile("config/nginx-balancer.conf", f"{app.CONF_DIR}/nginx-balancer.conf", from_fleet=True),
+    HostFile(
+        "config/nginx-balancer.conf",
+        f"{app.CONF_DIR}/nginx-balancer.conf",
+        from_fleet=True,
+        roles=WEB,
+    ),
     # The page nginx answers with in maintenance mode (read through the app's group).
-    HostFile("config/maintenance.html", f"{app.CONF_DIR}/maintenance.html"),
+    HostFile("config/maintenance.html", f"{app.CONF_DIR}/maintenance.html", roles=WEB),
     HostFile("config/sudoers", f"/etc/sudoers.d/{app.SLUG}", mode=0o440),
     # Named by sudo rules: root-owned, so neither the app nor the developer can change them.
     HostFile("config/stop-app.sh", f"{app.CONF_DIR}/stop-app", mode=0o755),
@@ -57,7 +86,7 @@ HOST_FILES = [
     HostFile("config/as-app.py", f"{app.CONF_DIR}/as-app", mode=0o755),
     # Read by every uWSGI worker (`import = eep_env`) and by as-app: the app's settings.
     HostFile("config/eep_env.py", f"{app.CONF_DIR}/python/eep_env.py"),
-    HostFile("config/logrotate.conf", f"/etc/logrotate.d/eep-{app.SLUG}"),
+    HostFile("config/logrotate.conf", f"/etc/logrotate.d/eep-{app.SLUG}", roles=WEB),
     # The developer's public key (never a private key): SSH login as the deploy account.
     HostFile(
         "config/authorized_keys",
@@ -67,8 +96,41 @@ HOST_FILES = [
         mode=0o640,
     ),
 ]
+# What this host is in the app's fleet (its roles, where the broker is): read by uWSGI
+# (config/uwsgi-base.ini includes it), the release agent and eep_env. Rendered per host.
+HOST_FILES.append(HostFile("config/host.ini", f"{app.CONF_DIR}/host.ini", from_fleet=True))
 if app.USE_CELERY:
-    HOST_FILES.append(HostFile("config/redis.conf", f"{app.CONF_DIR}/redis.conf"))
+    BROKER = frozenset({"broker"})
+    HOST_FILES += [
+        # One host: a unix socket only; several: the private network, with a password.
+        HostFile("config/redis.conf", f"{app.CONF_DIR}/redis.conf", roles=BROKER, fleet="single"),
+        HostFile(
+            "config/redis-fleet.conf",
+            f"{app.CONF_DIR}/redis.conf",
+            roles=BROKER,
+            fleet="several",
+            from_fleet=True,
+        ),
+        HostFile(
+            "config/supervisor-broker.conf",
+            f"/etc/supervisor/conf.d/{app.SLUG}-redis.conf",
+            roles=BROKER,
+        ),
+        # Several hosts: the broker's port is open to the app's hosts only (eep/broker.py).
+        HostFile(
+            "config/firewall.nft",
+            f"{app.CONF_DIR}/firewall.nft",
+            roles=BROKER,
+            fleet="several",
+            from_fleet=True,
+        ),
+        HostFile(
+            "config/firewall.service",
+            f"/etc/systemd/system/eep-{app.SLUG}-firewall.service",
+            roles=BROKER,
+            fleet="several",
+        ),
+    ]
 
 # What the host with the lb role gets instead (eep/balancer.py): HAProxy's configuration,
 # the one script the deploy account may run there as root, its sudo rules, its key.
@@ -91,6 +153,46 @@ def host_file(source: str) -> HostFile:
     return next(entry for entry in HOST_FILES + LB_FILES if entry.source == source)
 
 
+def files_for(fleet: Fleet, host: FleetHost) -> list[HostFile]:
+    """The entries of HOST_FILES that `host` gets."""
+    return [entry for entry in HOST_FILES if entry.wanted(fleet, host)]
+
+
+BROKER_PORT = 6379
+
+
+def host_values(fleet: Fleet, host: FleetHost) -> dict[str, str]:
+    """What each $NAME stands for on `host` (documented where the files use them)."""
+    broker = fleet.broker
+    # Beat on the first worker host only (two beats run every job twice); also with
+    # celery_beat=n, so that a release attaching a beat of its own has a host for it.
+    beat = next(iter(fleet.with_role("worker")), None)
+    values = {
+        "HOST": host.name,
+        "ROLES": " ".join(sorted(host.roles)),
+        "WEB": "yes" if host.has("web") else "no",
+        "WORKER": "yes" if host.has("worker") else "no",
+        "BEAT": "yes" if beat is not None and beat.name == host.name else "no",
+        "BROKER": "yes" if host.has("broker") else "no",
+        "BROKER_PORT": str(BROKER_PORT),
+    }
+    if fleet.single or broker is None:
+        # One host: the private broker's unix socket (config/redis.conf).
+        values["BROKER_URL"] = f"redis+socket://{app.RUN_DIR}/redis/redis.sock"
+    else:
+        # Several: over the private network (config/redis-fleet.conf); eep_env adds the
+        # password from BROKER_SECRET, which is in no file of this tree.
+        values["BROKER_URL"] = f"redis://{broker.private}:{BROKER_PORT}/0"
+    values["BROKER_ADDRESS"] = broker.private if broker is not None else ""
+    values["APP_HOSTS"] = ", ".join(h.private for h in fleet.app_hosts if h.private)
+    return values
+
+
+# Several hosts: the broker's password, made once on the broker host, copied by
+# provisioning to every app host (root:<app> 0640; eep/broker.py). A redis.conf line.
+BROKER_SECRET = f"{app.CONF_DIR}/broker-secret.conf"
+
+
 def fleet_values(fleet: Fleet | None) -> dict[str, str]:
     """What the files made from eep.hosts say about it (no inventory: one host, no balancer)."""
     lb = fleet.lb if fleet else None
@@ -108,7 +210,21 @@ def fleet_values(fleet: Fleet | None) -> dict[str, str]:
     }
 
 
-def render(host_file: HostFile, tree: Path = TREE, fleet: Fleet | None = None) -> str:
-    """The exact content `host_file` must have on the host (a host of `fleet`)."""
+def render(
+    host_file: HostFile,
+    tree: Path = TREE,
+    fleet: Fleet | None = None,
+    place: Place | None = None,
+) -> str:
+    """The exact content `host_file` must have on the host: a host of `fleet`, or the
+    host of `place` (its fleet and itself), for the files that depend on the host."""
     text = (tree / host_file.source).read_text(encoding="utf-8")
-    return Template(text).substitute(fleet_values(fleet)) if host_file.from_fleet else text
+    if not host_file.from_fleet:
+        return text
+    values = fleet_values(place[0] if place else fleet)
+    if place is not None:
+        values |= host_values(*place)
+    try:
+        return Template(text).substitute(values)
+    except KeyError as error:
+        raise ValueError(f"{host_file.source}: ${error.args[0]} depends on the host") from None

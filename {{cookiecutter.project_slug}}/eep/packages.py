@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import shlex
+from typing import TYPE_CHECKING
 
 from eep import app
 from eep.remote import HostError, Remote
 from eep.report import Report, progress
+
+if TYPE_CHECKING:
+    from eep.fleet import Fleet, FleetHost
 
 # Daemons and tools from the distribution: nginx, supervisor and sudo; Debian's uWSGI
 # with its python3 plugin (root-owned, no compiler needed); venv to build each
@@ -24,6 +28,33 @@ if app.DATABASE == "postgresql":
     # The distribution's PostgreSQL (Debian 12: 15, Debian 13: 17) and its default cluster.
     PACKAGES.append("postgresql")
     SERVICES.append("postgresql")
+
+# What a host needs for the roles it plays in a fleet of several (eep.hosts): nginx
+# (and TLS) on web hosts only, uWSGI on the app's hosts, the broker's Redis and the
+# firewall that guards its port on the broker host. One host gets all of PACKAGES.
+WEB_ONLY = {"nginx", "openssl", "certbot"}
+APP_ONLY = {"uwsgi-core", "uwsgi-plugin-python3", "python3-venv"}
+BROKER_ONLY = {"redis-server", "nftables"}
+
+
+def packages_for(fleet: Fleet | None, host: FleetHost | None) -> list[str]:
+    """The packages `host` of `fleet` needs (all of PACKAGES on a host of its own)."""
+    if fleet is None or host is None or fleet.single:
+        return PACKAGES
+    wanted = [*PACKAGES, "nftables"] if host.has("broker") else PACKAGES
+    return [
+        name
+        for name in wanted
+        if not (name in WEB_ONLY and not host.has("web"))
+        and not (name in APP_ONLY and not host.runs_app)
+        and not (name in BROKER_ONLY and not host.has("broker"))
+    ]
+
+
+def services_for(host: FleetHost | None) -> list[str]:
+    """nginx runs on web hosts only; supervisor (the app, the broker) everywhere."""
+    return [s for s in SERVICES if s != "nginx" or host is None or host.has("web")]
+
 
 # How these steps read the host: eep.provision runs them all in one round trip first.
 OS_RELEASE = "cat /etc/os-release"

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from eep import accounts, app, balancer, claims, database, nginx, packages, supervisor, tls
+from eep import (
+    accounts,
+    app,
+    balancer,
+    broker,
+    claims,
+    database,
+    nginx,
+    packages,
+    supervisor,
+    tls,
+)
 from eep.accounts import ensure_accounts
 from eep.claims import check_claims
 from eep.database import ensure_database
@@ -32,12 +43,16 @@ def read_host(remote: Remote) -> None:
     remote.prefetch(stats, files, commands, supervisor_conf=supervisor.CONF)
 
 
-def provision_host(remote: Remote, report: Report, fleet: Fleet, host: FleetHost) -> None:
+def provision_host(
+    remote: Remote, report: Report, fleet: Fleet, host: FleetHost, token: str | None = None
+) -> None:
     """Every step in order; each reads the host's state first and acts on the difference.
-    `host` says which roles this host plays in `fleet`."""
+    `host` says which roles this host plays in `fleet`; `token`: with several hosts, the
+    broker's password (eep/broker.py; None in check mode before it exists)."""
     if host.has("lb"):  # HAProxy and the deploy account only (fleet.check: never web too)
         balancer.provision_lb(remote, report, fleet)
         return
+    place = (fleet, host)
     read_host(remote)  # does nothing on a host without python3 yet
     has_python = check_system(remote, report)
     # Before any change: a name or path that is not this app's stops the run here. The
@@ -45,8 +60,8 @@ def provision_host(remote: Remote, report: Report, fleet: Fleet, host: FleetHost
     if has_python:
         check_claims(remote, report)
         database.check_claims(remote)
-    ensure_packages(remote, report)
-    ensure_services(remote, report)
+    ensure_packages(remote, report, packages.packages_for(fleet, host))
+    ensure_services(remote, report, packages.services_for(host))
     if not remote.has_facts():  # the packages or services changed
         read_host(remote)
     if not has_python:
@@ -56,30 +71,44 @@ def provision_host(remote: Remote, report: Report, fleet: Fleet, host: FleetHost
     ensure_layout(remote, report)
     ensure_database(remote, report)
     ensure_run_dirs(remote, report)
-    uwsgi_changed, broker_changed = ensure_uwsgi_files(remote, report)
+    uwsgi_changed, broker_changed = ensure_uwsgi_files(remote, report, place)
+    if broker.needs_secret(fleet):
+        # A new password: the broker and the app's processes must read it again.
+        secret_changed = broker.ensure_secret(remote, report, token)
+        uwsgi_changed = uwsgi_changed or (secret_changed and host.runs_app)
+        broker_changed = broker_changed or (secret_changed and host.has("broker"))
+        if host.has("broker"):
+            broker.ensure_firewall(remote, report, place)
     ensure_sudoers(remote, report)
     for path in RETIRED_FILES:
         ensure_absent(remote, report, path)
     ensure_service_settings(remote, report)
-    ensure_programs(remote, report, uwsgi_changed=uwsgi_changed, broker_changed=broker_changed)
+    ensure_programs(
+        remote, report, place, uwsgi_changed=uwsgi_changed, broker_changed=broker_changed
+    )
+    if not host.has("web"):
+        return  # no nginx here: a worker or broker host of several
     if app.TLS != "none":
         tls.ensure_self_signed(remote, report)  # before the site: nginx -t reads its links
     ensure_site(remote, report, reload=nginx_groups_changed, fleet=fleet)
     tls.ensure_acme(remote, report)  # after: nginx serves the challenge path
 
 
-def _one_host(fleet: Fleet, host: FleetHost, options: dict) -> Report:
-    target = Target.parse(host.provision_spec(), default_user="root")
-    report = Report(str(target) if fleet.single else host.name, check=options["check"])
-    remote = Remote(
-        target,
+def _remote(host: FleetHost, options: dict) -> Remote:
+    return Remote(
+        Target.parse(host.provision_spec(), default_user="root"),
         identity=options["identity"],
         trust_new_host_key=options["trust_new_host_key"],
         sudo_password=options.get("sudo_password"),
     )
+
+
+def _one_host(fleet: Fleet, host: FleetHost, options: dict) -> Report:
+    remote = _remote(host, options)
+    report = Report(str(remote.target) if fleet.single else host.name, check=options["check"])
     try:
         remote.open()
-        provision_host(remote, report, fleet, host)
+        provision_host(remote, report, fleet, host, options.get("token"))
     except HostError as error:
         report.fail(str(error))
     finally:
@@ -102,6 +131,15 @@ def provision(
         "trust_new_host_key": trust_new_host_key,
         "sudo_password": sudo_password,
     }
+    fleet = targets[0][0]
+    if broker.needs_secret(fleet):
+        # One round trip first: the broker's password, for every host to receive.
+        def open_remote(host: FleetHost) -> Remote:
+            remote = _remote(host, options)
+            remote.open()
+            return remote
+
+        options["token"] = broker.fetch_token(fleet, open_remote, check=check)
     with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
         reports = list(pool.map(lambda target: _one_host(target[0], target[1], options), targets))
     for report in reports:

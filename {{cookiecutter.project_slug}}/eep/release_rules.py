@@ -73,7 +73,12 @@ TEXT = {
     "smart-attach-daemon",
     "smart-attach-daemon2",
 }
-ALLOWED = NUMBERS | FLAGS | TEXT
+# Config logic on this host's roles (config/host.ini): `if-opt = eep-worker=yes` ...
+# `endif =`, one level deep (uWSGI has no nesting), on the host's eep-* facts only.
+LOGIC = {"if-opt", "if-not-opt"}
+ENDIF = {"endif", "end-if"}
+HOST_FACTS = {"eep-host", "eep-roles", "eep-web", "eep-worker", "eep-beat", "eep-broker"}
+ALLOWED = NUMBERS | FLAGS | TEXT | LOGIC | ENDIF
 # attach-daemon2 keys a release may use; uid/gid/ns_pid/legion are refused.
 DAEMON_KEYS = {
     "cmd",
@@ -136,6 +141,9 @@ def _check_value(name: str, value: str) -> None:
         _check_daemon2(value)
     if name == "env" and "=" not in value:
         raise IniError(f"env must be NAME=value, not {value!r}")
+    if name in LOGIC and value.partition("=")[0] not in HOST_FACTS:
+        known = ", ".join(sorted(HOST_FACTS))
+        raise IniError(f"{name} may test this host's roles only ({known}), not {value!r}")
 
 
 def _daemon2_fields(value: str) -> dict[str, str]:
@@ -184,6 +192,7 @@ def check_ini(text: str) -> list[tuple[str, str]]:
     """The (option, value) pairs of a release's uwsgi.ini; IniError on anything refused."""
     options = []
     section = None
+    opened = 0  # the line of the open if-opt block, or 0
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith((";", "#")):
@@ -203,11 +212,83 @@ def check_ini(text: str) -> list[tuple[str, str]]:
             why = REASONS.get(name, "set by eep (config/uwsgi-base.ini) or not supported")
             raise IniError(f"option {name!r} is not allowed: {why}")
         _check_value(name, value)
+        if name in LOGIC and opened:
+            raise IniError(f"line {number}: {name} inside the block opened on line {opened}")
+        if name in ENDIF and not opened:
+            raise IniError(f"line {number}: {name} without an if-opt above it")
+        opened = number if name in LOGIC else 0 if name in ENDIF else opened
         options.append((name, value))
     if section is None:
         raise IniError("no [uwsgi] section")
+    if opened:
+        raise IniError(f"line {opened}: the block is never closed (endif =)")
     _check_beats(options)
     return options
+
+
+def on_host(options: list[tuple[str, str]], facts: dict[str, str]) -> list[tuple[str, str]]:
+    """The options uWSGI applies on a host whose config/host.ini says `facts`
+    ({"eep-worker": "yes", ...}): those of the if-opt blocks whose test holds there."""
+    applied, keep = [], True
+    for name, value in options:
+        if name in LOGIC:
+            fact, sep, wanted = value.partition("=")
+            found = facts.get(fact)
+            holds = found is not None and (not sep or found == wanted)
+            keep = holds if name == "if-opt" else not holds
+        elif name in ENDIF:
+            keep = True
+        elif keep:
+            applied.append((name, value))
+    return applied
+
+
+def runs_celery(options: list[tuple[str, str]]) -> dict[str, bool]:
+    """Whether these options attach a Celery worker and a beat: {"worker": .., "beat": ..}."""
+    found = {"worker": False, "beat": False}
+    for name, value in options:
+        if "attach-daemon" not in name:
+            continue
+        fields = _daemon2_fields(value) if name.endswith("daemon2") else {"cmd": value}
+        words = (fields.get("cmd") or fields.get("exec") or "").split()
+        if "celery" not in " ".join(words):
+            continue
+        found["beat"] = found["beat"] or _runs_beat(words)
+        found["worker"] = found["worker"] or "worker" in words
+    return found
+
+
+def host_facts(text: str) -> dict[str, str]:
+    """The eep-* facts of a host.ini (config/host.ini: `set-placeholder = eep-web=yes`
+    lines), as `if-opt` sees them."""
+    facts: dict[str, str] = {}
+    for line in text.splitlines():
+        match = OPTION.match(line.strip())
+        if match and match.group(1) == "set-placeholder":
+            name, _, value = match.group(2).partition("=")
+            if name.strip() in HOST_FACTS:
+                facts.setdefault(name.strip(), value.strip())  # the first one counts
+    return facts
+
+
+def check_for_host(options: list[tuple[str, str]], facts: dict[str, str]) -> None:
+    """IniError when the release would run Celery where this host's roles say it must
+    not: a worker on a host without the worker role, a beat anywhere but the beat host
+    (two beats run every scheduled job twice)."""
+    if not facts:
+        return  # a host provisioned before roles existed: one host, every role
+    runs = runs_celery(on_host(options, facts))
+    host = facts.get("eep-host", "this host")
+    if runs["beat"] and facts.get("eep-beat") != "yes":
+        raise IniError(
+            f"celery beat would run on {host}, which is not the beat host:"
+            " put its line in an `if-opt = eep-beat=yes` block"
+        )
+    if runs["worker"] and facts.get("eep-worker") != "yes":
+        raise IniError(
+            f"the Celery worker would run on {host}, which has no worker role:"
+            " put its line in an `if-opt = eep-worker=yes` block"
+        )
 
 
 # -- requirements.txt -------------------------------------------------------------------

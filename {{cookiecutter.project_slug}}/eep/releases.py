@@ -34,7 +34,7 @@ import urllib.request
 from pathlib import Path
 
 # Uploaded beside this file: the rules for a release's uwsgi.ini, shared with `invoke deploy`.
-from release_rules import RuleError, check_ini, check_requirements
+from release_rules import RuleError, check_for_host, check_ini, check_requirements, host_facts
 
 ROOT = Path("/")  # set from --root
 
@@ -168,11 +168,23 @@ def no_group_write(top: Path) -> None:
                 os.chmod(path, stat.S_IMODE(info.st_mode) & ~0o022)
 
 
+def host_roles() -> dict[str, str]:
+    """This host's roles as provisioning stated them (config/host.ini, root-owned, in
+    /etc/eep/<slug>: the app root and the config directory both end in the slug); {}
+    on a host provisioned before roles existed."""
+    try:
+        return host_facts((Path("/etc/eep") / ROOT.name / "host.ini").read_text())
+    except OSError:
+        return {}
+
+
 def check_release_ini(release_id: str) -> dict:
-    """Refuse a uwsgi.ini that sets more than the options a release owns (release_rules.py)."""
+    """Refuse a uwsgi.ini that sets more than the options a release owns (release_rules.py),
+    or that would run Celery where this host's roles say it must not."""
     path = release_dir(release_id) / "uwsgi.ini"
     try:
         options = check_ini(path.read_text(errors="replace"))
+        check_for_host(options, host_roles())
     except RuleError as error:
         raise ReleaseError(str(error)) from None
     return {"options": len(options)}
@@ -391,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("rollback-target").add_argument("--to", default="")
     sub.add_parser("list")
     sub.add_parser("cleanup").add_argument("--keep", type=int, required=True)
+    sub.add_parser("roles")
     sub.add_parser("http-status").add_argument("path")
     sub.choices["http-status"].add_argument("host")
     return parser
@@ -413,6 +426,7 @@ def dispatch(args: argparse.Namespace) -> dict:
         "list": lambda: {"releases": list_releases()},
         "cleanup": lambda: cleanup(args.keep),
         "http-status": lambda: http_status(args.path, args.host),
+        "roles": host_roles,
     }
     return handlers[args.command]()
 

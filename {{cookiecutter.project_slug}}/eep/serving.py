@@ -94,7 +94,8 @@ def start_app(session: Session, timeout: float = 60) -> None:
 
 
 def serve(session: Session, mode: str, *, start_if_failing: bool = False) -> str:
-    """Make uWSGI serve `current` and nginx answer below 500: a graceful reload `mode`
+    """Make uWSGI serve `current` and nginx answer below 500 (on a host without the web
+    role: the master run its attached processes on `current`): a graceful reload `mode`
     when uWSGI runs, a start when it does not. `start_if_failing`: also start it over
     when the reload fails (going back to a good release after a bad one, which may
     have left uWSGI half-up or restarting). Returns what was done."""
@@ -111,6 +112,8 @@ def serve(session: Session, mode: str, *, start_if_failing: bool = False) -> str
         done = "started over (the reload failed)"
     if done != mode and mode != "wait":
         renew_daemons(session)  # a Celery worker the new master adopted runs old code
+    if not session.has("web"):
+        return done  # no nginx here: the Celery worker is awaited by the caller
     deadline = time.monotonic() + 60
     while (status := session.http_status()) >= 500 or status == 0:
         if time.monotonic() > deadline:
@@ -121,7 +124,7 @@ def serve(session: Session, mode: str, *, start_if_failing: bool = False) -> str
 
 def say_celery_restarts(session: Session) -> None:
     """The trigger was touched: the worker restarts in the background, not before this returns."""
-    if app.USE_CELERY:
+    if app.USE_CELERY and session.has("worker"):
         session.say("", "the Celery worker restarts once its running tasks are done")
 
 
@@ -147,8 +150,8 @@ def await_celery(session: Session) -> None:
     release cannot run one: a HostError, so it fails like one whose web workers do not
     come up.
     """
-    if not app.USE_CELERY:
-        return
+    if not app.USE_CELERY or not session.has("worker"):
+        return  # a web host of several: the worker hosts run Celery
     with session.step("celery") as details:
         deadline = time.monotonic() + CELERY_WAIT
         seen: set[int] = set()  # new workers (started after the touch)

@@ -8,6 +8,7 @@ duration.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import json
@@ -103,6 +104,17 @@ class Session:
             yield
         finally:
             self.agent("unlock")
+
+    @functools.cached_property
+    def roles(self) -> dict[str, str]:
+        """This host's part in the fleet as provisioning stated it (config/host.ini):
+        {"eep-web": "yes", "eep-worker": "no", ...}; {} on a host provisioned before
+        roles existed (one host: every role)."""
+        return self.agent("roles")
+
+    def has(self, role: str) -> bool:
+        """Whether this host plays `role` ("web", "worker", "beat")."""
+        return self.roles.get(f"eep-{role}", "yes") == "yes"
 
     def agent(self, *args: str) -> dict:
         """Run one command of eep/releases.py on the host; its error as a HostError."""

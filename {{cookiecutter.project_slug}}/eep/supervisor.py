@@ -6,7 +6,7 @@ import time
 
 from eep import app
 from eep.files import ensure_dir, ensure_file
-from eep.manifest import host_file
+from eep.manifest import Place, host_file
 from eep.pathstate import directory
 from eep.remote import HostError, Remote
 from eep.report import Report
@@ -15,6 +15,17 @@ CONF = "/etc/supervisor/supervisord.conf"
 CTL = f"supervisorctl -c {CONF}"
 SERVICE_DROP_IN_DIR = "/etc/systemd/system/supervisor.service.d"
 PROGRAMS = [app.SLUG] + ([f"{app.SLUG}-redis"] if app.USE_CELERY else [])
+BROKER_PROGRAM = f"{app.SLUG}-redis"
+
+
+def programs_on(place: Place) -> list[str]:
+    """The app's programs on this host: uWSGI on its app hosts, the broker on the broker host."""
+    host = place[1]
+    return [
+        name
+        for name in PROGRAMS
+        if (name == BROKER_PROGRAM and host.has("broker")) or (name == app.SLUG and host.runs_app)
+    ]
 
 
 def program_states(remote: Remote, *, fresh: bool = False) -> dict[str, str]:
@@ -57,16 +68,24 @@ def ensure_service_settings(remote: Remote, report: Report) -> None:
         remote.run("systemctl daemon-reload")
 
 
-def ensure_programs(remote: Remote, report: Report, *, uwsgi_changed: bool, broker_changed: bool):
-    conf_changed = ensure_file(remote, report, host_file("config/supervisor.conf"))
+def ensure_programs(
+    remote: Remote, report: Report, place: Place, *, uwsgi_changed: bool, broker_changed: bool
+):
+    programs = programs_on(place)
+    conf_changed = False
+    if app.SLUG in programs:
+        conf_changed = ensure_file(remote, report, host_file("config/supervisor.conf"))
+    if BROKER_PROGRAM in programs:
+        broker = host_file("config/supervisor-broker.conf")
+        conf_changed = ensure_file(remote, report, broker) or conf_changed
     states = program_states(remote)
-    if conf_changed or len(states) < len(PROGRAMS):
+    if conf_changed or len(states) < len(programs):
         # update adds new programs, restarts changed ones and leaves the rest alone.
-        if report.change("supervisor programs", "reread and update " + " ".join(PROGRAMS)):
-            remote.run(f"{CTL} reread && {CTL} update {' '.join(PROGRAMS)}")
+        if report.change("supervisor programs", "reread and update " + " ".join(programs)):
+            remote.run(f"{CTL} reread && {CTL} update {' '.join(programs)}")
     else:
-        if broker_changed and report.change(f"program {app.SLUG}-redis", "config changed, restart"):
-            remote.run(f"{CTL} restart {app.SLUG}-redis")
+        if broker_changed and report.change(f"program {BROKER_PROGRAM}", "config changed, restart"):
+            remote.run(f"{CTL} restart {BROKER_PROGRAM}")
         if uwsgi_changed and report.change(
             f"program {app.SLUG}", "config changed, graceful reload"
         ):
@@ -79,6 +98,7 @@ def ensure_programs(remote: Remote, report: Report, *, uwsgi_changed: bool, brok
     if report.check:
         return
     states = wait_running(remote)
+    states = {name: state for name, state in states.items() if name in programs}
     bad = {name: state for name, state in states.items() if state not in ("RUNNING", "STOPPED")}
     if bad or not states:
         raise HostError(
