@@ -11,9 +11,11 @@ The tests of each part share its hosts and run in order.
 from __future__ import annotations
 
 import io
+import json
 import re
 import shlex
 import tarfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -219,3 +221,105 @@ def test_keep_going_leaves_the_failed_host_on_its_release_and_switches_the_other
         went_on.stderr.strip(),
     ), went_on.stderr
     assert page(web1).startswith("sample v1 ") and page(webs["web2"]).startswith("sample v4 ")
+
+
+# -- the app's full fleet: lb1, web1, web2, work1 ---------------------------------------
+
+SHOP = "shop"
+SHOP_DOMAIN = f"{SHOP}.example.com"
+ROLES = {"lb1": ["lb"], "web1": ["web"], "web2": ["web"], "work1": ["worker", "broker"]}
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    return bake_tree(tmp_path_factory.mktemp("shop"), SHOP, uwsgi_processes="2")
+
+
+@pytest.fixture(scope="module")
+def four(testhost_factory_module, shop) -> dict:
+    hosts = {name: testhost_factory_module(name, lan="shop") for name in ROLES}
+    set_inventory(
+        shop,
+        {
+            name: {"ssh": f"127.0.0.1:{host.ssh_port}", "private": host.lan_ip, "roles": roles}
+            for (name, host), roles in zip(hosts.items(), ROLES.values(), strict=True)
+        },
+    )
+    for host in hosts.values():
+        shop.trust(host)
+    done = shop.invoke("provision", "--identity", str(hosts["web1"].key_path), timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return hosts
+
+
+def fronts(four: dict) -> list:
+    """Where requests enter: lb1, or (without the balancer role yet) each web host's nginx."""
+    return [four["lb1"]]
+
+
+def through_balancer(lb, path: str = "/") -> str:
+    url = shlex.quote(f"http://127.0.0.1{path}")
+    return lb.run(f"curl -s -H 'Host: {SHOP_DOMAIN}' {url}").stdout
+
+
+def current(host) -> str:
+    return host.run(f"readlink /srv/{SHOP}/current").stdout.strip().rsplit("-", 1)[-1]
+
+
+def test_fleet_first_deploy_serves_v1_through_the_balancer(shop, four, dist):
+    done = fleet(shop, "deploy", "--release", str(release("v1", dist)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(rf"^deployed {RELEASE_ID}v1 on web1, web2, work1 in ", done.stdout, re.M)
+    assert [current(four[name]) for name in ("web1", "web2", "work1")] == ["v1"] * 3
+    for front in fronts(four):
+        assert {through_balancer(front).split(" pid")[0] for _ in range(6)} == {"sample v1"}
+
+
+def test_fleet_a_release_failing_its_gate_on_web2_stops_and_every_host_is_back(shop, four, dist):
+    web2 = four["web2"]
+    web2.run(f"touch /srv/{SHOP}/shared/sick")
+    try:
+        with load_test(four["lb1"], SHOP_DOMAIN, seconds=45, concurrency=4) as load:
+            failed = fleet(shop, "deploy", "--release", str(release("v2bad", dist, sick=True)))
+    finally:
+        web2.run(f"rm -f /srv/{SHOP}/shared/sick")
+    assert failed.returncode == 1, failed.stdout
+    assert re.fullmatch(
+        "error: deploy stopped: web2 failed its health gate: GET /health answers 503;"
+        f" every host serves {RELEASE_ID}v1 again",
+        failed.stderr.strip(),
+    ), failed.stderr
+    # web1 switched (drained, gate, back in the balancer, UP) and went back the same way.
+    assert re.search(r"^\[web1\] balancer .* UP at lb1$", failed.stdout, re.M), failed.stdout
+    assert "[work1] activate" not in failed.stdout  # the workers' turn never came
+    assert [current(four[name]) for name in ("web1", "web2", "work1")] == ["v1"] * 3
+    assert load.stats["failed"] == 0, load.stats
+    assert set(load.stats["answers"]) <= {"sample v1", "sample v2bad"}, load.stats
+
+
+def test_fleet_v2_rolls_under_load_and_a_running_task_finishes_on_v1(shop, four, dist):
+    front, work1 = fronts(four)[0], four["work1"]
+    queued = through_balancer(front, "/task?seconds=20&id=rolling")
+    assert queued.startswith("queued rolling by v1"), queued
+    started = f"/srv/{SHOP}/shared/var/tasks/rolling.started"
+    work1.run(f"for i in $(seq 60); do test -f {started} && break; sleep 0.5; done")
+    work1.run(f"test -f {started}")  # a worker on work1 runs it
+    with ExitStack() as stack:
+        loads = [
+            stack.enter_context(load_test(host, SHOP_DOMAIN, seconds=40, concurrency=4))
+            for host in fronts(four)
+        ]
+        done = fleet(shop, "deploy", "--release", str(release("v2", dist)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    for load in loads:
+        assert load.stats["failed"] == 0, load.stats
+        assert set(load.stats["answers"]) <= {"sample v1", "sample v2"}, load.stats
+        assert load.stats["answers"].get("sample v2"), load.stats
+    for host in fronts(four):
+        assert {through_balancer(host).split(" pid")[0] for _ in range(8)} == {"sample v2"}
+    assert [current(four[name]) for name in ("web1", "web2", "work1")] == ["v2"] * 3
+    # work1 switched last, its Celery worker once the running task was done: on v1.
+    assert done.stdout.index("[web2] activate") < done.stdout.index("[work1] activate")
+    marker = f"/srv/{SHOP}/shared/var/tasks/rolling.json"
+    work1.run(f"for i in $(seq 90); do test -f {marker} && break; sleep 0.5; done")
+    assert json.loads(work1.run(f"cat {marker}").stdout)["version"] == "v1"
