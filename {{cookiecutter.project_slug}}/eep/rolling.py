@@ -297,6 +297,13 @@ class RealOps:
         lb = self.balancer.host
         with session.step("drain") as details:
             states = self.balancer.states()
+            if status_of(states, host.name) != "UP":
+                # Out of rotation already (the first deploy: no host serves a release, so
+                # every health check fails): no visitor's request reaches it to drain.
+                details.append(
+                    f"at {lb}: {status_of(states, host.name) or 'absent'}, nothing to drain"
+                )
+                return
             others = [h.name for h in self.fleet.with_role("web") if h.name != host.name]
             if not any(status_of(states, name) == "UP" for name in others):
                 seen = ", ".join(f"{name} {status_of(states, name) or 'absent'}" for name in others)
