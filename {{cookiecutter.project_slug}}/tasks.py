@@ -118,10 +118,10 @@ ROLLING_HELP = {
 def _rolling(c, host: str, batch: int, keep_going: bool, action) -> bool:
     """With an inventory (eep.hosts), run `action(fleet, hosts)` over the fleet, rolling
     host by host (eep/rolling.py), and return True; without one, return False: each host
-    is then a server of its own, deployed as before."""
+    is then a server of its own, deployed as before (also USER@HOST given with --host)."""
     from eep.remote import HostError
 
-    if not c.config.eep.get("hosts"):
+    if not c.config.eep.get("hosts") or "@" in host:
         if batch != 1 or keep_going:
             raise Exit("error: --batch and --keep-going need eep.hosts in invoke.yaml", code=1)
         return False

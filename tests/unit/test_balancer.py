@@ -11,25 +11,13 @@ from pathlib import Path
 
 import configcheck
 import pytest
+from treecode import run_in_tree
 
 FLEET = {
     "lb1": {"ssh": "203.0.113.10", "private": "10.0.0.10", "roles": ["lb"]},
     "web1": {"ssh": "203.0.113.11", "private": "10.0.0.11", "roles": ["web"]},
     "web2": {"ssh": "203.0.113.12", "private": "10.0.0.12", "roles": ["web"]},
 }
-
-
-def in_tree(tree: Path, code: str, stdin: object = None) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tree,
-        input=json.dumps(stdin),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def rendered(tree: Path, source: str, hosts: object, health: str = "/") -> str:
@@ -40,7 +28,7 @@ def rendered(tree: Path, source: str, hosts: object, health: str = "/") -> str:
         f"f = fleet.load(json.loads(sys.stdin.read()), {health!r})\n"
         f"print(manifest.render(manifest.host_file({source!r}), fleet=f), end='')\n"
     )
-    return in_tree(tree, code, hosts)
+    return run_in_tree(tree, code, hosts)
 
 
 def fleet_error(tree: Path, hosts: object, health: str = "/") -> str:
@@ -52,7 +40,7 @@ def fleet_error(tree: Path, hosts: object, health: str = "/") -> str:
         "except fleet.FleetError as e:\n"
         "    print(e)\n"
     )
-    return in_tree(tree, code, hosts).strip()
+    return run_in_tree(tree, code, hosts).strip()
 
 
 @pytest.fixture
@@ -97,7 +85,7 @@ def test_the_deploy_account_reaches_the_runtime_api_by_three_literal_rules(tree)
     path = tree / "config" / "sudoers-lb"
     assert configcheck.check_sudoers(path) is None
     code = "from eep.sudoers import rules\nfor r in rules('config/sudoers-lb'): print(*r)"
-    assert in_tree(tree, code).splitlines() == [
+    assert run_in_tree(tree, code).splitlines() == [
         "root /etc/eep/shop/balancer state",
         "root /etc/eep/shop/balancer drain",
         "root /etc/eep/shop/balancer ready",

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from treecode import run_in_tree
 
 FLEET = {
     "lb1": {"ssh": "203.0.113.10", "private": "10.0.0.10", "roles": ["lb"]},
@@ -32,16 +31,7 @@ def load(tree, hosts: object) -> dict:
         "    'lb': f.lb and f.lb.name, 'broker': f.broker and f.broker.name,\n"
         "    'beat': f.beat_host and f.beat_host.name}))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tree,
-        input=json.dumps(hosts),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return json.loads(run_in_tree(tree, code, hosts))
 
 
 @pytest.fixture(scope="module")
@@ -124,16 +114,7 @@ def resolve(tree, inventory: object, given: list[str], listed: list[str]) -> lis
         "    print(json.dumps(str(e))); raise SystemExit\n"
         "print(json.dumps([[h.name, h.provision_spec(), len(f.hosts)] for f, h in found]))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tree,
-        input=json.dumps([inventory, given, listed]),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return json.loads(run_in_tree(tree, code, [inventory, given, listed]))
 
 
 def test_host_picks_inventory_hosts_or_names_single_servers(trees):

@@ -4,10 +4,9 @@ through, who goes back when host k fails, the order locks are taken in. Fake hos
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from treecode import run_in_tree
 
 LB = {"lb1": {"ssh": "h0", "private": "10.0.0.10", "roles": ["lb"]}}
 WEB = {f"web{n}": {"ssh": f"h{n}", "private": f"10.0.0.1{n}", "roles": ["web"]} for n in (1, 2, 3)}
@@ -61,16 +60,7 @@ def trees(cookies_session, ssh_keys):
 
 
 def run(tree, code: str, scenario: dict) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tree,
-        input=json.dumps(scenario),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return json.loads(run_in_tree(tree, code, scenario))
 
 
 def roll(tree, inventory: dict, **scenario) -> dict:

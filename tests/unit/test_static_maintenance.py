@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from treecode import run_in_tree
 
 DJANGO_HASHED_NAMES = """
 import django, json, sys, tempfile
@@ -23,14 +24,6 @@ storage = ManifestStaticFilesStorage()
 names = ["css/app.css", "js/vendor.min.js", "admin/img/icon-yes.svg", "fonts/a.woff2"]
 print(json.dumps([storage.hashed_name(n, ContentFile(n.encode() * 7)) for n in names]))
 """
-
-
-def run_in_tree(tree, code: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def block(text: str, opening: str) -> str:

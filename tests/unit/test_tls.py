@@ -5,24 +5,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import configcheck
 import pytest
 from test_tree_logic import FRESH_HOST, PROVISIONED
+from treecode import run_in_tree
 
 SERVED = """issuer=CN = Pebble Intermediate CA 6a5b0c
 notBefore=2026-01-01 00:00:00Z
 notAfter=2026-03-31 00:00:00Z
 """
-
-
-def in_tree(tree, code: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 @pytest.fixture
@@ -48,13 +40,13 @@ late = tls.lifetime_left(start, end, datetime(2026, 3, 10, tzinfo=UTC))
 gone = tls.lifetime_left(start, end, datetime(2026, 4, 10, tzinfo=UTC))
 print(json.dumps([issuer, early > 1 / 3, late > 1 / 3, gone, tls.parse_served("")]))
 """
-    issuer, early_ok, late_ok, gone, nothing = json.loads(in_tree(acme_tree, code))
+    issuer, early_ok, late_ok, gone, nothing = json.loads(run_in_tree(acme_tree, code))
     assert issuer == "CN = Pebble Intermediate CA 6a5b0c"
     assert (early_ok, late_ok, gone, nothing) == (True, False, 0.0, None)
 
 
 def test_certbot_gets_every_name_the_directory_and_the_webroot(acme_tree):
-    command = in_tree(acme_tree, "from eep import tls; print(tls.certbot_command())").split()
+    command = run_in_tree(acme_tree, "from eep import tls; print(tls.certbot_command())").split()
     assert command[:4] == ["certbot", "certonly", "--non-interactive", "--agree-tos"]
     assert "--server https://acme.example.org/dir" in " ".join(command)
     assert "-d shop.example.com -d www.shop.example.com" in " ".join(command)
@@ -71,7 +63,7 @@ def test_certbot_failure_comes_down_to_one_line(acme_tree):
         "  Detail: 127.0.0.1: Fetching http://shop.example.com/.well-known/acme-challenge/x:"
         " Connection refused\\n\\nHint: ...\\n"
     )
-    line = in_tree(acme_tree, f"from eep import tls; print(tls.failure_line('{output}'))")
+    line = run_in_tree(acme_tree, f"from eep import tls; print(tls.failure_line('{output}'))")
     assert line.startswith("Detail: 127.0.0.1: Fetching http://shop.example.com/")
 
 
@@ -122,7 +114,7 @@ moved = tls.reissue_reason(["old.example.com"], "https://acme.example.org/dir")
 staging = tls.reissue_reason(["shop.example.com", "www.shop.example.com"], "https://staging/dir")
 print(json.dumps([same, moved, staging]))
 """
-    same, moved, staging = json.loads(in_tree(acme_tree, code))
+    same, moved, staging = json.loads(run_in_tree(acme_tree, code))
     assert same == ""
     assert moved == "it was for old.example.com"
     assert staging == "it came from https://staging/dir"
@@ -163,7 +155,7 @@ class Clock(datetime):
 tls.datetime = Clock
 print(json.dumps(tls.describe(Remote())))
 """
-    text, fresh = json.loads(in_tree(acme_tree, code))
+    text, fresh = json.loads(run_in_tree(acme_tree, code))
     assert fresh is healthy and says in text, text
     assert text.startswith("issuer CN = Pebble Intermediate CA 6a5b0c, ")
 
@@ -206,9 +198,9 @@ def test_provisioning_takes_over_no_tls_directory_or_certificate_eep_did_not_mak
 ):
     # A host where eep provisioned `shop` (its TLS directories of the app's group) ...
     code = f"{FRESH_HOST}{PROVISIONED}{change}\nprint(json.dumps(claims.adoption_problems(f)))"
-    found = json.loads(in_tree(acme_tree, code))
+    found = json.loads(run_in_tree(acme_tree, code))
     assert found[0].startswith(refusal) if refusal else found == [], found
     # ... and where nothing of it exists yet: the same refusals.
     fresh = f"{FRESH_HOST}{change}\nprint(json.dumps(claims.adoption_problems(f)))"
-    found = json.loads(in_tree(acme_tree, fresh))
+    found = json.loads(run_in_tree(acme_tree, fresh))
     assert found[0].startswith(refusal) if refusal else found == [], found

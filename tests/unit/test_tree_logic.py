@@ -8,14 +8,7 @@ import subprocess
 import sys
 
 import pytest
-
-
-def run_in_tree(tree, code: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+from treecode import run_in_tree
 
 
 @pytest.mark.parametrize("use_celery", ["y", "n"])
