@@ -31,7 +31,8 @@ def unit(c, k="", x=False):
 @task(help={"k": "only tests matching this pytest -k expression", "x": "stop at the first failure"})
 def e2e(c, k="", x=False):
     """End-to-end tests on real disposable Debian hosts (root; boots systemd-nspawn guests)."""
-    _pytest(c, "e2e", (f"-k '{k}' " if k else "") + ("-x" if x else ""))
+    # The slowest steps at the end of the output: where the suite's time goes.
+    _pytest(c, "e2e", "--durations=25 " + (f"-k '{k}' " if k else "") + ("-x" if x else ""))
 
 
 @task

@@ -316,31 +316,36 @@ def status(c, host="", identity=""):
     from eep.report import say
 
     down = []
+    lb = _balancer(c)
     if not _by_name(c, host):
         _on_hosts(
             c, host, lambda spec: run(spec, identity=identity)["healthy"] or down.append(spec)
         )
+        if lb is not None:  # a server of the inventory given as USER@HOST: its balancer too
+            from eep.balancer import status as balancer_status
+
+            if not _one(lb.name, balancer_status, lb.deploy_spec(), identity=identity)["healthy"]:
+                down.append(lb.name)
     else:
-        # With an inventory: each app host's table, then one line per host.
+        # With an inventory: each host's own lines, then the fleet's table, a row per host.
+        from eep.balancer import status as balancer_status
+
         rows = []
         for _, target in _targets(c, host, "deploy_hosts"):
-            if not target.runs_app:
-                continue  # the balancer (below), or a broker host of its own (`invoke audit`)
-            spec = target.deploy_spec()
-            found = _one(target.name, run, spec, identity=identity, name=target.name)
-            rows.append((target.name, ",".join(sorted(target.roles)), found))
+            name, spec = target.name, target.deploy_spec()
+            if target.runs_app:
+                found = _one(name, run, spec, identity=identity, name=name)
+            elif target.has("lb"):
+                found = _one(name, balancer_status, spec, identity=identity, name=name)
+            else:
+                continue  # a broker host of its own: `invoke audit` checks it
+            rows.append((name, ",".join(sorted(target.roles)), found))
         width = max([len(row[0]) for row in rows] + [4])
         say(f"{'host':<{width}}  {'roles':<20} {'release':<40} health")
         for name, roles, found in rows:
             state = "up" if found["healthy"] else "DOWN"
             say(f"{name:<{width}}  {roles:<20} {found['release']:<40} {state}: {found['health']}")
         down = [name for name, _, found in rows if not found["healthy"]]
-    lb = _balancer(c)
-    if lb is not None:
-        from eep.balancer import status as balancer_status
-
-        if not _one(lb.name, balancer_status, lb.deploy_spec(), identity=identity):
-            down.append(lb.name)
     if down:
         raise Exit(f"error: down on {', '.join(down)}", code=1)
 
@@ -462,9 +467,16 @@ def maintenance(c, state, host="", identity=""):
 )
 def env_list(c, show=False, host="", identity=""):
     """List the app's settings (names only unless --show)."""
-    from eep.settings import list_settings
+    from eep.settings import list_fleet, list_settings
 
-    _on_one_host(c, host, lambda spec: list_settings(spec, identity=identity, show=show) or 0)
+    fleet = _app_hosts(c, host)
+    if fleet is None:
+        _on_one_host(c, host, lambda spec: list_settings(spec, identity=identity, show=show) or 0)
+        return
+    differ = _or_exit(lambda: list_fleet(fleet, identity=identity, show=show))
+    if differ:
+        names = ", ".join(differ)
+        raise Exit(f"error: not the same on every host: {names} (env.set sets it on all)", code=1)
 
 
 @task(
@@ -483,10 +495,8 @@ def env_set(c, setting, restart=False, host="", identity=""):
     words = [setting]
     if "--" in sys.argv:
         words += sys.argv[sys.argv.index("--") + 1 :]
-    values = _settings_input(lambda: parse_assignments(words))
-    _on_one_host(
-        c, host, lambda spec: _change(spec, {"op": "set", "values": values}, restart, identity)
-    )
+    values = _or_exit(lambda: parse_assignments(words))
+    _change(c, host, {"op": "set", "values": values}, restart, identity)
 
 
 @task(
@@ -502,28 +512,54 @@ def env_unset(c, name, restart=False, host="", identity=""):
     from eep.settings import check_name
 
     names = [name] + (sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else [])
-    _settings_input(lambda: [check_name(n) for n in names])
-    _on_one_host(
-        c, host, lambda spec: _change(spec, {"op": "unset", "names": names}, restart, identity)
-    )
+    _or_exit(lambda: [check_name(n) for n in names])
+    _change(c, host, {"op": "unset", "names": names}, restart, identity)
 
 
-def _settings_input(parse):
+def _or_exit(action):
+    """`action()`, or exit 1 with its one-line error."""
     from eep.remote import HostError
 
     try:
-        return parse()
+        return action()
     except HostError as error:
         raise Exit(f"error: {error}", code=1) from None
 
 
-def _change(spec: str, request: dict, restart: bool, identity: str) -> int:
+def _app_hosts(c, host: str) -> dict[str, str] | None:
+    """With an inventory: {name: deploy spec} of its app hosts (or of those named with
+    --host); without one: None (one server, given with --host or eep.deploy_hosts)."""
+    if not _by_name(c, host):
+        return None
+    return {t.name: t.deploy_spec() for _, t in _targets(c, host, "deploy_hosts") if t.runs_app}
+
+
+def _change(c, host: str, request: dict, restart: bool, identity: str) -> None:
+    """env.set / env.unset: on the one server, or with an inventory on every app host
+    (they all run the same code, so they get the same settings), then, with --restart,
+    a graceful reload of each host in turn."""
     from eep.control import restart as restart_app
+    from eep.remote import HostError
     from eep.settings import change_settings
 
-    if change_settings(spec, request, identity=identity) and restart:
-        restart_app(spec, identity=identity, mode="chain")
-    return 0
+    fleet = _app_hosts(c, host)
+    if fleet is None:
+        listed = _hosts(c, host, "deploy_hosts")
+        if len(listed) != 1:
+            raise Exit("error: several deploy hosts: choose one with --host", code=1)
+        fleet = {listed[0]: listed[0]}
+    changed = False
+    done: list[str] = []
+    for name, spec in fleet.items():
+        try:
+            changed = bool(change_settings(spec, request, identity=identity, name=name)) or changed
+        except HostError as error:
+            finish = f"; done on {', '.join(done)}: run it again to finish" if done else ""
+            raise Exit(f"error: [{name}] {error}{finish}", code=1) from None
+        done.append(name)
+    if changed and restart:
+        for name, spec in fleet.items():
+            _one(name, restart_app, spec, identity=identity, mode="chain")
 
 
 @task(

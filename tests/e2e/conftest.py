@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -20,3 +22,9 @@ from testhosts.pytest_plugin import (  # noqa: E402, F401
     testhost_factory_module,
     testhosts_ready,
 )
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory) -> Path:
+    """A directory for a module's release tarballs."""
+    return tmp_path_factory.mktemp("dist")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import io
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,13 +86,27 @@ def bake_tree(directory: Path, slug: str, *, hooks: bool = True, **answers: str)
     return BakedTree(Path(path), slug, key)
 
 
-def build_sample_release(version: str, out: Path) -> Path:
-    """The sample app's release tarball for `version`, written into `out`."""
+def build_sample_release(version: str, out: Path, extra: dict[str, bytes] | None = None) -> Path:
+    """The sample app's release tarball for `version`, written into `out`; `extra`: files
+    added or replaced in it (path inside the release -> content)."""
     build = REPO / "sample_app" / "build_release.py"
     done = subprocess.run(
         [sys.executable, str(build), version, str(out)], capture_output=True, text=True, check=True
     )
-    return Path(done.stdout.strip())
+    path = Path(done.stdout.strip())
+    if extra:
+        prefix = f"sample-{version}/"
+        with tarfile.open(path) as tar:
+            members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar]
+        with tarfile.open(path, "w:gz") as tar:
+            for member, data in members:
+                if member.name.removeprefix(prefix) not in extra:
+                    tar.addfile(member, io.BytesIO(data) if data is not None else None)
+            for name, data in extra.items():
+                info = tarfile.TarInfo(prefix + name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return path
 
 
 # Everything provisioning may touch, except /run (pids change) and logs.

@@ -66,11 +66,6 @@ def deploy(tree: BakedTree, host, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("dist")
-
-
-@pytest.fixture(scope="module")
 def trees(tmp_path_factory) -> dict[str, BakedTree]:
     directory = tmp_path_factory.mktemp("trees")
     return {slug: bake_tree(directory, slug) for slug in (SHOP, BLOG)}

@@ -99,11 +99,6 @@ def host(testhost_factory_module, tree):
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("dist")
-
-
-@pytest.fixture(scope="module")
 def watch(host):
     watcher = BeatWatch(host)
     yield watcher

@@ -18,40 +18,23 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_support import REPO, bake_tree, load_test, snapshot_state, state_changes
+from e2e_support import (
+    REPO,
+    bake_tree,
+    build_sample_release,
+    load_test,
+    snapshot_state,
+    state_changes,
+)
 
 pytestmark = pytest.mark.e2e
 
 SLUG = "shop"
-BUILD = REPO / "sample_app" / "build_release.py"
 
 
 def build(version: str, out: Path, **extra: bytes) -> Path:
     """The sample app's release tarball, optionally with extra files (name -> content)."""
-    path = Path(
-        subprocess.run(
-            ["python3", str(BUILD), version, str(out)], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    )
-    if extra:
-        with tarfile.open(path) as tar:
-            members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar]
-        with tarfile.open(path, "w:gz") as tar:
-            replaced = {f"sample-{version}/{name}" for name in extra}
-            for member, data in members:
-                if member.name in replaced:
-                    continue
-                tar.addfile(member, io.BytesIO(data) if data is not None else None)
-            for name, data in extra.items():
-                info = tarfile.TarInfo(f"sample-{version}/{name}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("dist")
+    return build_sample_release(version, out, extra)
 
 
 @pytest.fixture(scope="module")

@@ -35,11 +35,6 @@ def build(version: str, out: Path, *options: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("dist")
-
-
-@pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     return bake_tree(
         tmp_path_factory.mktemp("trees"),

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from e2e_support import REPO, bake_tree, build_sample_release
@@ -32,11 +31,6 @@ YEAR = "public, max-age=31536000, immutable"
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     return bake_tree(tmp_path_factory.mktemp("trees"), SLUG, use_celery="n")
-
-
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("dist")
 
 
 @pytest.fixture(scope="module")

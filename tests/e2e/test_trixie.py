@@ -22,11 +22,6 @@ SITE = f"{SLUG}.example.com"
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory):
-    return tmp_path_factory.mktemp("dist")
-
-
-@pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> BakedTree:
     # With the database: PostgreSQL 17 and its pg_hba.conf where Debian 13 puts them.
     return bake_tree(

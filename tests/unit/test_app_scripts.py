@@ -4,6 +4,7 @@ a temporary directory; a release's virtualenv is this Python."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -72,7 +73,11 @@ def test_settings_are_set_listed_shown_and_unset_in_a_file_only_the_app_reads(ho
     }
     settings = root / "shared" / "env"
     assert stat.S_IMODE(settings.stat().st_mode) == 0o600
-    assert answer(as_app(host, "env", request={"op": "list"})) == {"names": ["ALLOWED", "SECRET"]}
+    listed = answer(as_app(host, "env", request={"op": "list"}))
+    assert listed["names"] == ["ALLOWED", "SECRET"]
+    # Hosts are compared by digest: the values themselves stay on the host.
+    assert listed["digests"]["ALLOWED"] == hashlib.sha256(b"www.example.com").hexdigest()
+    assert values["SECRET"] not in json.dumps(listed)
     assert answer(as_app(host, "env", request={"op": "show"}))["values"] == values
     again = as_app(host, "env", request={"op": "set", "values": {"SECRET": values["SECRET"]}})
     assert answer(again) == {"changed": []}

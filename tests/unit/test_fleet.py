@@ -131,3 +131,22 @@ def test_host_picks_inventory_hosts_or_names_single_servers(trees):
         ["a", "root@a:2200", 1],
         ["b", "admin@b", 1],
     ]
+
+
+def test_settings_that_differ_between_hosts_are_named_with_the_hosts(trees):
+    code = (
+        "import json, sys\n"
+        "from eep.settings import compare\n"
+        "print(json.dumps(compare(json.load(sys.stdin))))\n"
+    )
+    found = {
+        "web1": {"A": "1", "B": "x", "C": "same"},
+        "web2": {"A": "1", "B": "y", "C": "same"},
+        "work1": {"B": "x", "C": "same"},
+    }
+    assert json.loads(run_in_tree(trees["celery"], code, found)) == {
+        "A": "missing on work1",
+        "B": "one value on web1, work1, another on web2",
+    }
+    alike = {"web1": {"A": "1"}, "work1": {"A": "1"}}
+    assert json.loads(run_in_tree(trees["celery"], code, alike)) == {}

@@ -20,6 +20,7 @@ Verbs (stdin, then what it does):
     run     {"command": "..."}  run a shell command in the current release
     shell   (nothing)         an interactive shell in the current release
     env     {"op": "list" | "show"}  or  {"op": "set", "values": {NAME: VALUE}}
+            (list: the names, and a SHA-256 of each value to compare hosts by)
             or {"op": "unset", "names": [NAME]}      the settings file (eep_env.py)
 With the database (PostgreSQL, peer authentication as this user):
     backup    {"label": "..."}  pg_dump (custom format) into shared/backups, keep the
@@ -35,6 +36,7 @@ then the settings. Working directory: the release. Errors: one line on stderr, e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -227,7 +229,8 @@ def settings(request: dict) -> dict:
     op = request.get("op")
     current = eep_env.read()
     if op == "list":
-        return {"names": sorted(current)}
+        digests = {name: hashlib.sha256(v.encode()).hexdigest() for name, v in current.items()}
+        return {"names": sorted(current), "digests": digests}
     if op == "show":
         return {"values": current}
     if op == "set":

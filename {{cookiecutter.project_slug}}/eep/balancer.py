@@ -178,8 +178,9 @@ def describe(name: str, state: dict) -> str:
     )
 
 
-def status(spec: str, *, identity: str = "") -> bool:
-    """Print the balancer's view of each web host; False when none takes requests."""
+def status(spec: str, *, identity: str = "", name: str = "") -> dict:
+    """Print the balancer's view of each web host; the lb host's row of the fleet's
+    table: {"healthy": some web host takes requests, "release": "-", "health": a line}."""
     target = Target.parse(spec, default_user=app.DEPLOY_USER)
     remote = Remote(target, identity=identity, become_root=False)
     remote.open()
@@ -187,11 +188,12 @@ def status(spec: str, *, identity: str = "") -> bool:
         states = backend_states(remote)
     finally:
         remote.close()
-    for name, state in states.items():
-        say(f"[{target}] {describe(name, state)}")
-    serving = [name for name, state in states.items() if state["status"].startswith("UP")]
-    say(f"[{target}] balancer: {len(serving)} of {len(states)} web hosts take requests")
-    return bool(serving)
+    for server, state in states.items():
+        say(f"[{name or target}] {describe(server, state)}")
+    serving = [server for server, state in states.items() if state["status"].startswith("UP")]
+    line = f"{len(serving)} of {len(states)} web hosts take requests"
+    say(f"[{name or target}] balancer: {line}")
+    return {"healthy": bool(serving), "release": "-", "health": f"HAProxy: {line}"}
 
 
 # -- the audit of the lb host --------------------------------------------------------

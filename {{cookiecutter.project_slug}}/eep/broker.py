@@ -15,7 +15,7 @@ the broker includes it, config/eep_env.py builds the app's broker URL from it).
 from __future__ import annotations
 
 from eep import app
-from eep.files import ensure_file
+from eep.files import ensure_absent, ensure_file
 from eep.fleet import Fleet
 from eep.manifest import BROKER_SECRET, Place, host_file
 from eep.pathstate import regular_file
@@ -94,6 +94,21 @@ def ensure_firewall(remote: Remote, report: Report, place: Place) -> None:
             remote.run(f"systemctl restart {FIREWALL_UNIT}")
     else:
         report.unchanged(f"firewall {FIREWALL_TABLE}", "loaded")
+
+
+def ensure_no_firewall(remote: Remote, report: Report) -> None:
+    """A host without the broker role (any more): its firewall rule and unit go, once the
+    broker program is gone (eep/supervisor.py removes it before)."""
+    why = "this host does not have the broker role"
+    unit = host_file("config/firewall.service").path
+    if remote.stat(unit) is not None and report.change(f"service {FIREWALL_UNIT}", "disabled"):
+        remote.run(f"systemctl disable {FIREWALL_UNIT}")
+        remote.run(f"nft delete table {FIREWALL_TABLE}", check=False)  # not loaded: fine
+    removed = False
+    for source in ("config/firewall.service", "config/firewall.nft"):
+        removed = ensure_absent(remote, report, host_file(source).path, why) or removed
+    if removed and not report.check:
+        remote.run("systemctl daemon-reload")
 
 
 def fetch_token(fleet: Fleet, open_remote, *, check: bool) -> str | None:

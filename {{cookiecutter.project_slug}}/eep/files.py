@@ -94,8 +94,11 @@ def ensure_file(
     return True
 
 
-def ensure_absent(remote: Remote, report: Report, path: str) -> bool:
-    """Remove a file this tree no longer installs (never a directory)."""
+def ensure_absent(
+    remote: Remote, report: Report, path: str, why: str = "this tree no longer installs it"
+) -> bool:
+    """Remove a file this tree no longer installs, or one of a role this host no longer
+    plays (never a directory)."""
     have = remote.stat(path)
     step = f"file {path}"
     if have is None:
@@ -103,6 +106,6 @@ def ensure_absent(remote: Remote, report: Report, path: str) -> bool:
         return False
     if have.kind == "directory":
         raise HostError(f"{path} is a directory; this tree only ever installed a file there")
-    if report.change(step, "removed: this tree no longer installs it"):
+    if report.change(step, f"removed: {why}"):
         remote.run(f"rm -f {shlex.quote(path)}")
     return True

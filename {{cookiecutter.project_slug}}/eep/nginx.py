@@ -6,7 +6,7 @@ import re
 from typing import TYPE_CHECKING
 
 from eep import app
-from eep.files import ensure_file
+from eep.files import ensure_absent, ensure_file
 from eep.manifest import host_file
 from eep.pathstate import regular_file
 from eep.remote import HostError, Remote
@@ -99,3 +99,16 @@ def ensure_site(
         raise HostError(f"nginx -t refused the site, previous kept: {(errors or ['?'])[0]}")
     remote.run(f"rm -f {backup} && systemctl reload nginx")
     report.change("nginx", "reloaded")
+
+
+def ensure_no_site(remote: Remote, report: Report) -> None:
+    """A host without the web role (any more): the app's site is out of nginx. nginx
+    itself, the logs and the default sites stay: other sites on the host may need them."""
+    why = "this host does not have the web role"
+    site = host_file("config/nginx.conf").path
+    removed = False
+    snippet = host_file("config/nginx-balancer.conf").path
+    for path in (ENABLED, site, f"{site}.eep-previous", snippet):
+        removed = ensure_absent(remote, report, path, why) or removed
+    if removed and report.change("nginx", "reloaded without the site"):
+        remote.run("systemctl reload nginx")

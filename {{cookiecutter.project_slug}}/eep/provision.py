@@ -86,7 +86,10 @@ def provision_host(
     ensure_programs(
         remote, report, place, uwsgi_changed=uwsgi_changed, broker_changed=broker_changed
     )
+    if broker.needs_secret(fleet) and not host.has("broker"):
+        broker.ensure_no_firewall(remote, report)  # the broker moved away, or never was here
     if not host.has("web"):
+        nginx.ensure_no_site(remote, report)  # the site of a host that was a web host
         return  # no nginx here: a worker or broker host of several
     if app.TLS != "none":
         tls.ensure_self_signed(remote, report)  # before the site: nginx -t reads its links

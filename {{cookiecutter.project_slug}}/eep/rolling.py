@@ -305,9 +305,15 @@ class RealOps:
                 )
                 return
             others = [h.name for h in self.fleet.with_role("web") if h.name != host.name]
-            if not any(status_of(states, name) == "UP" for name in others):
-                seen = ", ".join(f"{name} {status_of(states, name) or 'absent'}" for name in others)
-                raise HostError(f"not drained: no other web host is UP at {lb} ({seen})")
+            # Another web host must take the requests. One just put back (a host that
+            # failed its gate, on its old release again) is UP after a few health checks.
+            deadline = time.monotonic() + BALANCER_WAIT
+            while not any(status_of(states, name) == "UP" for name in others):
+                if time.monotonic() > deadline:
+                    seen = ", ".join(f"{n} {status_of(states, n) or 'absent'}" for n in others)
+                    raise HostError(f"not drained: no other web host is UP at {lb} ({seen})")
+                time.sleep(0.5)
+                states = self.balancer.states()
             self.balancer.set(host.name, "drain")
             details.append(f"at {lb}: no session left")
 

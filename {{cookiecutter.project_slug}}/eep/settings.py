@@ -8,6 +8,7 @@ value not given on the local command line is asked for without echo.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import re
 import sys
 
@@ -53,9 +54,9 @@ def list_settings(spec: str, *, identity: str = "", show: bool = False) -> None:
         say(f"[{session.target}] no settings (invoke env.set NAME)")
 
 
-def change_settings(spec: str, request: dict, *, identity: str = "") -> list[str]:
+def change_settings(spec: str, request: dict, *, identity: str = "", name: str = "") -> list[str]:
     """Apply one set/unset request; say what changed and that it applies at the next restart."""
-    with Session(spec, identity) as session:
+    with Session(spec, identity, name=name) as session:
         changed = session.as_app("env", request)["changed"]
         what = "set" if request["op"] == "set" else "unset"
         if changed:
@@ -63,3 +64,51 @@ def change_settings(spec: str, request: dict, *, identity: str = "") -> list[str
         else:
             session.say("unchanged", "the settings already were so")
     return changed
+
+
+# -- with an inventory (eep.hosts): the same settings on every app host ------------------
+
+
+def compare(found: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Settings per host ({host: {NAME: digest or value}}) -> {NAME: how the hosts differ}
+    for each name not the same on every host, e.g. "one value on web1, work1, another on
+    web2" or "missing on work1"."""
+    differ: dict[str, str] = {}
+    for name in sorted({n for values in found.values() for n in values}):
+        missing = [host for host, values in found.items() if name not in values]
+        groups: dict[str, list[str]] = {}
+        for host, values in found.items():
+            if name in values:
+                groups.setdefault(values[name], []).append(host)
+        parts = []
+        if len(groups) > 1:
+            on = [", ".join(hosts) for hosts in groups.values()]
+            parts.append(f"one value on {on[0]}, " + ", ".join(f"another on {h}" for h in on[1:]))
+        if missing:
+            parts.append(f"missing on {', '.join(missing)}")
+        if parts:
+            differ[name] = "; ".join(parts)
+    return differ
+
+
+def list_fleet(hosts: dict[str, str], *, identity: str = "", show: bool = False) -> dict:
+    """`invoke env` over the app hosts ({name: deploy spec}): one list, each name whose
+    value differs between hosts (or that some lack) marked; values (with `show`) from
+    the first host that has them. Returns {NAME: how the hosts differ}."""
+    found: dict[str, dict[str, str]] = {}
+    values: dict[str, str] = {}
+    for host, spec in hosts.items():
+        with Session(spec, identity, name=host) as session:
+            if show:
+                shown = session.as_app("env", {"op": "show"})["values"]
+                found[host] = {n: hashlib.sha256(v.encode()).hexdigest() for n, v in shown.items()}
+                values = {**shown, **values}
+            else:
+                found[host] = session.as_app("env", {"op": "list"})["digests"]
+    differ = compare(found)
+    for name in sorted({n for digests in found.values() for n in digests}):
+        line = f"{name}={values[name]}" if show else name
+        say(f"{line}    (differs: {differ[name]})" if name in differ else line)
+    if not found or not any(found.values()):
+        say(f"no settings on {', '.join(hosts)} (invoke env.set NAME)")
+    return differ

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from eep import app
-from eep.files import ensure_dir, ensure_file
+from eep.files import ensure_absent, ensure_dir, ensure_file
 from eep.manifest import Place, host_file
 from eep.pathstate import directory
 from eep.remote import HostError, Remote
@@ -16,6 +16,11 @@ CTL = f"supervisorctl -c {CONF}"
 SERVICE_DROP_IN_DIR = "/etc/systemd/system/supervisor.service.d"
 PROGRAMS = [app.SLUG] + ([f"{app.SLUG}-redis"] if app.USE_CELERY else [])
 BROKER_PROGRAM = f"{app.SLUG}-redis"
+CONF_FILES = {app.SLUG: "config/supervisor.conf", BROKER_PROGRAM: "config/supervisor-broker.conf"}
+ROLE_GONE = {
+    app.SLUG: "this host runs no web or worker role",
+    BROKER_PROGRAM: "this host does not have the broker role",
+}
 
 
 def programs_on(place: Place) -> list[str]:
@@ -72,7 +77,15 @@ def ensure_programs(
     remote: Remote, report: Report, place: Place, *, uwsgi_changed: bool, broker_changed: bool
 ):
     programs = programs_on(place)
-    conf_changed = False
+    # A role this host no longer plays: its program's file goes, and `update` below
+    # stops and removes the program (uWSGI quits gracefully, the broker saves its data).
+    retired = [
+        name
+        for name in PROGRAMS
+        if name not in programs
+        and ensure_absent(remote, report, host_file(CONF_FILES[name]).path, ROLE_GONE[name])
+    ]
+    conf_changed = bool(retired)
     if app.SLUG in programs:
         conf_changed = ensure_file(remote, report, host_file("config/supervisor.conf"))
     if BROKER_PROGRAM in programs:
@@ -81,8 +94,9 @@ def ensure_programs(
     states = program_states(remote)
     if conf_changed or len(states) < len(programs):
         # update adds new programs, restarts changed ones and leaves the rest alone.
-        if report.change("supervisor programs", "reread and update " + " ".join(programs)):
-            remote.run(f"{CTL} reread && {CTL} update {' '.join(programs)}")
+        names = " ".join(programs + retired)
+        if report.change("supervisor programs", f"reread and update {names}"):
+            remote.run(f"{CTL} reread && {CTL} update {names}")
     else:
         if broker_changed and report.change(f"program {BROKER_PROGRAM}", "config changed, restart"):
             remote.run(f"{CTL} restart {BROKER_PROGRAM}")
