@@ -7,11 +7,17 @@ Each round boots fresh test hosts on a private LAN, lists them in the tree's inv
 and times one `invoke provision` of all of them. A first single-host run fills the
 machine's .deb cache, so the timed runs measure provisioning, not downloads.
 Goal (issue 15): 4 hosts within 1.5x the time of one.
+
+Also reported per run: the CPU time the whole machine spent during it (every test host
+shares this machine's cores, so N hosts' package installs cannot go faster than their
+CPU time divided by the cores), and a second `invoke provision` with nothing to change
+(only eep's own work: SSH, reading each host's state, comparing).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import sys
@@ -40,21 +46,42 @@ def write_inventory(tree: BakedTree, hosts: list) -> None:
     (tree.path / "invoke.yaml").write_text("\n".join(lines) + "\n")
 
 
+def busy_seconds() -> float:
+    """CPU seconds the machine has spent not idle since boot (all cores, /proc/stat)."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_provision(tree: BakedTree, key: str, label: str) -> tuple[float, float, str]:
+    """One `invoke provision` of the inventory: seconds, the machine's CPU seconds, the
+    hosts' summary lines."""
+    cpu, started = busy_seconds(), time.monotonic()
+    result = tree.invoke("provision", "--identity", key, timeout=1800)
+    took, cpu = time.monotonic() - started, busy_seconds() - cpu
+    if result.returncode != 0:
+        raise SystemExit(f"error: {label}: {result.stderr.strip() or result.stdout[-800:]}")
+    done = re.findall(r"done: .*", result.stdout)
+    return took, cpu, f"{len(done)} hosts: {done[0] if done else '?'}"
+
+
 def provision_fleet(tree: BakedTree, size: int, label: str, lan: str) -> float:
-    """Boot `size` fresh hosts, provision them with one command; the seconds it took."""
+    """Boot `size` fresh hosts, provision them with one command (and again, nothing to
+    change); the seconds the first took."""
     names = [f"bf{size}-{n}" for n in range(1, size + 1)]
     with ThreadPoolExecutor(max_workers=size) as pool:
         hosts = list(pool.map(lambda name: create_host(name, lan=lan), names))
     try:
         write_inventory(tree, hosts)
         key = str(hosts[0].key_path)
-        started = time.monotonic()
-        result = tree.invoke("provision", "--identity", key, timeout=1800)
-        took = time.monotonic() - started
-        if result.returncode != 0:
-            raise SystemExit(f"error: {label}: {result.stderr.strip() or result.stdout[-800:]}")
-        done = re.findall(r"done: .*", result.stdout)
-        print(f"{label:<28} {took:6.1f} s   ({len(done)} hosts: {done[0] if done else '?'})")
+        took, cpu, done = timed_provision(tree, key, label)
+        cores = os.cpu_count() or 1
+        print(
+            f"{label:<28} {took:6.1f} s   machine CPU {cpu:6.1f} s"
+            f" (floor on {cores} cores: {cpu / cores:5.1f} s)   ({done})"
+        )
+        again, _, done = timed_provision(tree, key, label)
+        print(f"{'  again, nothing to change':<28} {again:6.1f} s   ({done})")
         return took
     finally:
         for host in hosts:

@@ -391,19 +391,28 @@ class Host:
 
     def stop(self, timeout: float = 30) -> None:
         """Shut the guest down cleanly (SIGTERM to nspawn); disk state is kept."""
+        self._switch_off(timeout, clean=True)
+
+    def kill(self) -> None:
+        """Cut the guest's power: every process of it SIGKILLed at once, no shutdown, no
+        connection closed (a crashed or unplugged server); disk state is kept."""
+        self._switch_off(0, clean=False)
+
+    def _switch_off(self, timeout: float, *, clean: bool) -> None:
         if not self.dir.exists():
             raise HarnessError(f"host {self.name} has been destroyed")
         self._state["desired"] = "stopped"
         self._save_state()
         started = time.monotonic()
         pid = self._runner_pid()
-        if pid and self.is_running():
+        if clean and pid and self.is_running():
             procs.kill([pid], signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while self.is_running() and time.monotonic() < deadline:
                 time.sleep(0.05)
         if self.is_running() or cgroups.pids(self.name):
-            log.warning("host %s: no clean shutdown, killing it", self.name)
+            if clean:
+                log.warning("host %s: no clean shutdown, killing it", self.name)
             cgroups.kill(self.name)
         cgroups.remove(self.name)
         if self._runner is not None:
