@@ -230,7 +230,8 @@ def check(fleet: Fleet) -> None:
     if app.DATABASE != "none":
         raise FleetError(
             "eep.hosts: several hosts with database=postgresql are not supported yet"
-            " (the database is local to its host); use one host"
+            " (the database is local to its host); use one host, or a PostgreSQL server"
+            " of your own: database=none and `invoke env.set DATABASE_URL`"
         )
     missing = [host.name for host in hosts if not host.private]
     if missing:
