@@ -46,7 +46,8 @@ HOSTILE = [
         f"{SHOP}-redis",
         {},
         "",
-        f"supervisor program {SHOP}-redis is already defined in /etc/supervisor/conf.d/{SHOP}.conf",
+        f"supervisor program {SHOP}-redis is already defined in"
+        f" /etc/supervisor/conf.d/{SHOP}.broker.conf",
     ),
     (
         "another-apps-domain",

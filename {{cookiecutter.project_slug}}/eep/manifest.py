@@ -113,7 +113,7 @@ if app.USE_CELERY:
         ),
         HostFile(
             "config/supervisor-broker.conf",
-            f"/etc/supervisor/conf.d/{app.SLUG}-redis.conf",
+            f"/etc/supervisor/conf.d/{app.SLUG}.broker.conf",
             roles=BROKER,
         ),
         # Several hosts: the broker's port is open to the app's hosts only (eep/broker.py).
