@@ -277,7 +277,8 @@ class Audit:
             else []
         )
         found = self.sh(
-            f"find -L {tls.TLS_DIR} -name '*.key' -o -name 'key.pem' 2>/dev/null;"
+            f"find -L {tls.TLS_DIR} -name '*.key' -o -name 'key.pem' -o -path {tls.PEM}"
+            " 2>/dev/null;"
             f" find {' '.join(dirs)} -maxdepth 0 2>/dev/null"
             + (
                 " ; find /etc/letsencrypt/archive -name 'privkey*' 2>/dev/null"
@@ -348,7 +349,7 @@ class Audit:
         self.host_key()
         if database.ENABLED:
             self.postgresql()
-        if app.TLS != "none" and host.has("web"):
+        if app.TLS != "none" and host.has("web") and not fleet.lb:  # else: at the lb host
             self.https()
         if broker.needs_secret(fleet):
             self.broker_secret()
