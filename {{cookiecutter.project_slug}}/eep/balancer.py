@@ -207,7 +207,8 @@ def status(spec: str, *, identity: str = "", name: str = "") -> dict:
     line = f"{len(serving)} of {len(states)} web hosts take requests"
     say(f"[{name or target}] balancer: {line}")
     if certificate:
-        say(f"[{name or target}] https     {certificate[0]}" + ("" if certificate[1] else " (RENEW SOON)"))
+        renew = "" if certificate[1] else " (RENEW SOON)"
+        say(f"[{name or target}] https     {certificate[0]}{renew}")
     return {"healthy": bool(serving), "release": "-", "health": f"HAProxy: {line}"}
 
 

@@ -15,9 +15,9 @@ import sys
 import time
 
 from eep import app, tls
-from eep.manifest import host_file
 from eep.host.celery import subcommand
 from eep.maintenance import maintenance_state
+from eep.manifest import host_file
 from eep.remote import HostError, Remote, Target, known_hosts_path
 from eep.report import say
 from eep.serving import CTL, UWSGI_LOG, activate_release, await_celery, program_state, serve
@@ -122,8 +122,9 @@ def status(spec: str, *, identity: str = "", name: str = "") -> dict:
         trigger_age = int(ages[0]) - int(ages[1]) if len(ages) == 2 else None
         maintenance = maintenance_state(session) if web else ""
         # Behind a load balancer HTTPS ends there (its status says which certificate).
-        behind_lb = session.remote.run(f"grep -qs ^set_real_ip_from {BALANCER_SNIPPET}", check=False)
-        https_here = app.TLS != "none" and web and behind_lb.exited != 0
+        snippet = f"grep -qs ^set_real_ip_from {BALANCER_SNIPPET}"
+        behind_lb = session.remote.run(snippet, check=False).exited == 0
+        https_here = app.TLS != "none" and web and not behind_lb
         certificate = tls.describe(session.remote) if https_here else None
         roles = session.roles.get("eep-roles", "")
     prefix = f"[{name}] " if name else ""
