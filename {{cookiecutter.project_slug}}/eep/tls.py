@@ -35,7 +35,8 @@ DEPLOY_HOOK = "systemctl reload nginx"
 PEM = f"{TLS_DIR}/haproxy.pem"
 PEM_BUILD = f"umask 077 && cat {CERT} {KEY} > {PEM}.new && mv -f {PEM}.new {PEM}"
 # ... by certbot after each renewal too, then a graceful reload (new workers, new file).
-LB_DEPLOY_HOOK = f"{PEM_BUILD} && systemctl reload haproxy"
+# Through sh: certbot wants the hook's first word to be a program.
+LB_DEPLOY_HOOK = "sh -c " + shlex.quote(f"{PEM_BUILD} && systemctl reload haproxy")
 # There certbot answers the http-01 challenge itself (--standalone), on this local port
 # only while it asks for a certificate; HAProxy sends the challenge path to it.
 ACME_PORT = 8402
@@ -123,7 +124,7 @@ def certbot_command(lb: bool = False) -> str:
 def failure_line(output: str) -> str:
     """The one line of certbot's output that says why it failed."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    for marker in ("Detail:", "Error:", "Failed to", "Max retries", "Connection"):
+    for marker in ("Detail:", "Error:", "Failed to", "Max retries", "Connection", "Unable to"):
         found = [line for line in lines if marker in line]
         if found:
             return found[0][:200]
