@@ -159,7 +159,9 @@ def test_a_forced_renewal_under_load_through_the_balancer_fails_no_request(hosts
 
 def test_provision_again_changes_nothing_and_status_and_audit_pass(tree, hosts):
     planned = as_root(tree, hosts, "provision", "--check")
-    assert planned.returncode == 0 and "would change" not in planned.stdout, planned.stdout
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    for name in ROLES:
+        assert f"[{name}] done: 0 would change," in planned.stdout, planned.stdout
     again = as_root(tree, hosts, "provision")
     assert again.returncode == 0, again.stdout + again.stderr
     for name in ROLES:

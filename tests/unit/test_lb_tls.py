@@ -75,6 +75,9 @@ def test_web_hosts_behind_it_serve_plain_http_and_believe_the_scheme_from_it_onl
     assert {"haproxy", "certbot", "openssl"} <= set(lb.split())
     site = acme_tree / "config" / "nginx-behind-lb.conf"
     text = site.read_text()
+    # eep's mark on the first line: provisioning replaces only a site it wrote.
+    assert text.startswith("# eep: nginx site of shop on a web host behind the load balancer")
+    assert (acme_tree / "config" / "nginx.conf").read_text().startswith("# eep: nginx site")
     assert "listen 80;" in text and "443" not in text and "ssl_certificate" not in text
     assert "uwsgi_param HTTP_X_FORWARDED_PROTO $eep_proto;" in text
     assert configcheck.check_nginx_site(site) is None
