@@ -55,6 +55,25 @@ def test_haproxy_terminates_https_and_haproxy_accepts_it(acme_tree, tmp_path):
     assert configcheck.check_haproxy(path) is not None
 
 
+def test_self_signed_at_the_balancer_has_no_challenge_path_to_certbot(bake, tmp_path):
+    tree = bake(use_celery="n", tls="self-signed").project_path
+    text = rendered(tree, "config/haproxy.cfg", FLEET)
+    assert f"bind :443 ssl crt {PEM}" in text and "certbot" not in text
+    assert "Strict-Transport-Security" not in text  # hsts=n
+    pem = tmp_path / "haproxy.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+        + ["-nodes", "-days", "1", "-subj", "/CN=shop.example.com"]
+        + ["-out", str(pem), "-keyout", str(pem)],
+        capture_output=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(text.replace(PEM, str(pem)))
+    assert configcheck.check_haproxy(path) is None
+
+
 def test_web_hosts_behind_it_serve_plain_http_and_believe_the_scheme_from_it_only(acme_tree):
     snippet = rendered(acme_tree, "config/nginx-balancer.conf", FLEET)
     assert configcheck.BALANCER_LINES in snippet
