@@ -124,7 +124,8 @@ def test_web1_serves_plain_http_without_a_certificate_and_a_forged_scheme_fools_
     )
     assert refused.returncode == 35, refused  # CURLE_SSL_CONNECT_ERROR: no certificate
     assert web.run("dpkg -s certbot", check=False).returncode != 0
-    assert web.run(f"find /etc/eep-tls/{SLUG} -type f").stdout.strip() == ""
+    for path in (f"/etc/eep-tls/{SLUG}", f"/var/lib/eep-acme/{SLUG}"):
+        assert web.run(f"test -e {path}", check=False).returncode != 0, path
     forged = FORGED.format(ip=web.lan_ip, domain=DOMAIN)
     assert outsider.run(forged).stdout.strip() == "http http"
     # The same request from the balancer's address is believed: the trust is by address.

@@ -85,13 +85,17 @@ def test_web_hosts_behind_it_serve_plain_http_and_believe_the_scheme_from_it_onl
         "alone = fleet.load({'web1': hosts['web1']})\n"
         "print(manifest.site_file(f).source, manifest.site_file(alone).source)\n"
         "print(*packages.packages_for(f, f.hosts[1]))\n"
-        "from eep import balancer\n"
+        "from eep import balancer, layout\n"
         "print(*balancer.PACKAGES)\n"
+        "print(*[p for p in layout.directories_for(f) if 'tls' in p or 'acme' in p])\n"
+        "print(*[p for p in layout.directories_for(alone) if 'tls' in p or 'acme' in p])\n"
     )
-    sites, web, lb = run_in_tree(acme_tree, code, FLEET).splitlines()
+    sites, web, lb, tls_behind, tls_alone = run_in_tree(acme_tree, code, FLEET).split("\n")[:5]
     assert sites == "config/nginx-behind-lb.conf config/nginx.conf"
     assert "certbot" not in web.split() and "openssl" not in web.split() and "nginx" in web
     assert {"haproxy", "certbot", "openssl"} <= set(lb.split())
+    # No certificate directory or ACME webroot on a web host behind the balancer.
+    assert tls_behind == "" and "/etc/eep-tls/shop" in tls_alone.split()
     site = acme_tree / "config" / "nginx-behind-lb.conf"
     text = site.read_text()
     # eep's mark on the first line: provisioning replaces only a site it wrote.

@@ -24,7 +24,7 @@ from eep.files import file_difference
 from eep.fleet import single_host
 from eep.layout import (
     APP_FILES,
-    DIRECTORIES,
+    directories_for,
     MAINTENANCE_FLAG,
     MAINTENANCE_FLAG_STATE,
     RUN_DIRECTORIES,
@@ -149,7 +149,7 @@ class Audit:
 
     def modes(self) -> None:
         problems = []
-        for path, want in DIRECTORIES.items():
+        for path, want in directories_for(self.place[0]).items():
             have = self.remote.stat(path)
             if have != want:
                 problems.append(f"{path} is {have or 'missing'}")

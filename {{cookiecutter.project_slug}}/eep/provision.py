@@ -68,7 +68,7 @@ def provision_host(
         check_claims(remote, report)
         database.check_claims(remote)
     nginx_groups_changed = ensure_accounts(remote, report)
-    ensure_layout(remote, report)
+    ensure_layout(remote, report, fleet)
     ensure_database(remote, report)
     ensure_run_dirs(remote, report)
     uwsgi_changed, broker_changed = ensure_uwsgi_files(remote, report, place)
