@@ -24,10 +24,10 @@ from eep.files import file_difference
 from eep.fleet import single_host
 from eep.layout import (
     APP_FILES,
-    directories_for,
     MAINTENANCE_FLAG,
     MAINTENANCE_FLAG_STATE,
     RUN_DIRECTORIES,
+    directories_for,
 )
 from eep.manifest import (
     BROKER_PORT,
