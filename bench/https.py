@@ -24,8 +24,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e")]
 
-from e2e_support import bake_tree, load_test  # noqa: E402
-from test_https import DIRECTORY, PEBBLE_SETUP, PEBBLE_START  # noqa: E402
+from e2e_support import (  # noqa: E402
+    DIRECTORY,
+    PEBBLE_SETUP,
+    PEBBLE_START,
+    bake_tree,
+    load_test,
+)
 
 from sample_app.build_release import build  # noqa: E402
 from testhosts import create_host, ensure_ready  # noqa: E402

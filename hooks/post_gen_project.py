@@ -96,6 +96,9 @@ Read README.md in the tree for what each file does and who may edit it.
 def main(tree: Path, answers: dict[str, object]) -> int:
     if answers.get("use_celery") != "y":
         remove_celery_files(tree)
+    if answers.get("tls") == "none":
+        # The site behind a balancer that terminates HTTPS: with tls=none, nginx.conf is it.
+        (tree / "config" / "nginx-behind-lb.conf").unlink(missing_ok=True)
     answers = write_default_key(tree, answers)
     record_answers(tree, answers)
     print(next_steps(answers))

@@ -36,7 +36,18 @@ def check_sudoers(path: Path) -> str | None:
     return _run(["visudo", "-c", "-q", "-f", str(path)])
 
 
-def check_nginx_site(path: Path) -> str | None:
+# config/nginx-balancer.conf's $real_ip as eep/manifest.py renders it for a balancer at
+# 10.0.0.10 (tests/unit/test_lb_tls.py checks that it does).
+BALANCER_LINES = """set_real_ip_from 10.0.0.10;
+real_ip_header X-Forwarded-For;
+set $eep_proto $scheme;
+if ($realip_remote_addr = "10.0.0.10") {
+    set $eep_proto $http_x_forwarded_proto;
+}"""
+
+
+def check_nginx_site(path: Path, balancer: str = BALANCER_LINES) -> str | None:
+    """nginx -t of a site, with the snippet it includes rendered as `balancer` says."""
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy("/etc/nginx/uwsgi_params", tmp)
         # The site's log directory exists only on a provisioned host: log into tmp.
@@ -47,12 +58,11 @@ def check_nginx_site(path: Path) -> str | None:
             path.read_text(),
             flags=re.M,
         )
-        # The snippet made from eep.hosts, as rendered with a load balancer at 10.0.0.10.
+        # The snippet made from eep.hosts.
         snippet = path.with_name("nginx-balancer.conf")
         if snippet.exists():
-            lines = "set_real_ip_from 10.0.0.10;\nreal_ip_header X-Forwarded-For;"
             rendered = Path(tmp) / "balancer.conf"
-            rendered.write_text(Template(snippet.read_text()).substitute(real_ip=lines))
+            rendered.write_text(Template(snippet.read_text()).substitute(real_ip=balancer))
             text = re.sub(r"include \S+/nginx-balancer\.conf;", f"include {rendered};", text)
         site.write_text(text)
         main = Path(tmp) / "nginx.conf"

@@ -1,5 +1,6 @@
 """Web side: `/` says which release answers, `/task` queues a task, `/health` for checks,
-`POST /upload?name=NAME` stores the body as an upload (nginx serves it at /media/NAME)."""
+`POST /upload?name=NAME` stores the body as an upload (nginx serves it at /media/NAME),
+`/scheme` says how the request reached the site (http or https)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ def index() -> str:
 @application.get("/health")
 def health() -> str:
     return "ok\n"
+
+
+@application.get("/scheme")
+def scheme() -> str:
+    """wsgi.url_scheme and the X-Forwarded-Proto header, as the app receives them."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "-")
+    return f"{request.environ['wsgi.url_scheme']} {forwarded}\n"
 
 
 @application.get("/task")

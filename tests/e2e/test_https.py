@@ -16,7 +16,14 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from e2e_support import bake_tree
+from e2e_support import (
+    DIRECTORY,
+    HTTPS_LOAD,
+    PEBBLE_SETUP,
+    PEBBLE_START,
+    SHORT_LIVED,
+    bake_tree,
+)
 from test_deploy import build
 
 pytestmark = pytest.mark.e2e
@@ -25,74 +32,6 @@ SLUG = "tls"
 DOMAIN = f"{SLUG}.example.com"
 ROOT_PEM = "/root/pebble-root.pem"  # Pebble's issuing root, as fetched
 LIVE = f"/etc/letsencrypt/live/{SLUG}"
-
-PEBBLE_SETUP = r"""
-set -e
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q >/dev/null
-apt-get install -y -q --no-install-recommends pebble openssl curl ca-certificates >/dev/null
-echo "127.0.0.1 {domain}" >> /etc/hosts
-mkdir -p /etc/pebble && cd /etc/pebble
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
-  -subj /CN=listener-ca -keyout ca.key -out ca.crt 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
-  -keyout listener.key -out listener.csr 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > san.ext
-openssl x509 -req -in listener.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
-  -extfile san.ext -out listener.crt 2>/dev/null
-cat > config.json <<EOF
-{{"pebble": {{"listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
-  "certificate": "/etc/pebble/listener.crt", "privateKey": "/etc/pebble/listener.key",
-  "httpPort": 80, "tlsPort": 5001, "ocspResponderURL": "",
-  "externalAccountBindingRequired": false}}}}
-EOF
-# A second Pebble whose certificates live 90 seconds (certificateValidityPeriod): the
-# audit must read one between 2/3 of its lifetime and its end, also on a busy machine.
-sed -e 's/:14000/:14001/; s/:15000/:15001/; s/5001/5002/' \
-  -e 's/"httpPort"/"certificateValidityPeriod": 90, "httpPort"/' config.json > short.json
-cp ca.crt /usr/local/share/ca-certificates/pebble-listener.crt
-update-ca-certificates >/dev/null
-"""
-PEBBLE_START = (
-    "systemd-run --unit pebble{unit} -E PEBBLE_VA_NOSLEEP=1 -E PEBBLE_WFE_NONCEREJECT=0"
-    " /usr/bin/pebble -config /etc/pebble/{config}.json"
-    " && for i in $(seq 50); do curl -sf https://localhost:{port}/roots/0 -o /dev/null && break;"
-    " sleep 0.2; done"
-).format
-DIRECTORY = "https://localhost:14000/dir"
-SHORT_LIVED = "https://localhost:14001/dir"  # the second Pebble: 90-second certificates
-
-# Requests over HTTPS from the host itself, trusting only Pebble's root; one JSON line.
-HTTPS_LOAD = r"""
-import http.client, json, ssl, sys, threading, time
-seconds, concurrency, cafile, name = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-context = ssl.create_default_context(cafile=cafile)
-done, failures, serials, lock = [0], [], set(), threading.Lock()
-deadline = time.monotonic() + seconds
-def worker():
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPSConnection(name, 443, timeout=10, context=context)
-            conn.connect()  # the certificate now: a closing worker's answer drops the socket
-            serial = conn.sock.getpeercert()["serialNumber"]
-            conn.request("GET", "/health")
-            response = conn.getresponse()
-            response.read()
-            conn.close()
-            ok, detail = response.status == 200, response.status
-        except Exception as error:
-            ok, detail, serial = False, repr(error), None
-        with lock:
-            done[0] += 1
-            serials.add(serial)
-            if not ok:
-                failures.append(str(detail))
-threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-[t.start() for t in threads]
-[t.join() for t in threads]
-print(json.dumps({"requests": done[0], "failed": len(failures), "failures": failures[:5],
-                  "serials": len(serials - {None})}))
-"""
 
 
 @pytest.fixture(scope="module")

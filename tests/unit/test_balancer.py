@@ -108,16 +108,6 @@ def test_the_inventory_check_refuses_a_bad_balancer(tree, change, health, error)
     assert error in fleet_error(tree, {**FLEET, **hosts}, health)
 
 
-def test_https_at_the_balancer_is_refused_as_not_built_yet(bake):
-    tree = bake(use_celery="n", tls="self-signed").project_path
-    assert fleet_error(tree, FLEET) == (
-        "eep.hosts.lb1: HTTPS at the load balancer is not built yet (tls=self-signed);"
-        " use tls=none behind it, or one host without lb"
-    )
-    web_only = {name: FLEET[name] for name in ("web1", "web2")}
-    assert fleet_error(tree, web_only) == "ok"
-
-
 class FakeHaproxy:
     """A unix socket answering the runtime API's commands the script sends."""
 

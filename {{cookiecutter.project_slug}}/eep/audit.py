@@ -24,10 +24,10 @@ from eep.files import file_difference
 from eep.fleet import single_host
 from eep.layout import (
     APP_FILES,
-    DIRECTORIES,
     MAINTENANCE_FLAG,
     MAINTENANCE_FLAG_STATE,
     RUN_DIRECTORIES,
+    directories_for,
 )
 from eep.manifest import (
     BROKER_PORT,
@@ -149,7 +149,7 @@ class Audit:
 
     def modes(self) -> None:
         problems = []
-        for path, want in DIRECTORIES.items():
+        for path, want in directories_for(self.place[0]).items():
             have = self.remote.stat(path)
             if have != want:
                 problems.append(f"{path} is {have or 'missing'}")
@@ -277,7 +277,8 @@ class Audit:
             else []
         )
         found = self.sh(
-            f"find -L {tls.TLS_DIR} -name '*.key' -o -name 'key.pem' 2>/dev/null;"
+            f"find -L {tls.TLS_DIR} -name '*.key' -o -name 'key.pem' -o -path {tls.PEM}"
+            " 2>/dev/null;"
             f" find {' '.join(dirs)} -maxdepth 0 2>/dev/null"
             + (
                 " ; find /etc/letsencrypt/archive -name 'privkey*' 2>/dev/null"
@@ -348,7 +349,7 @@ class Audit:
         self.host_key()
         if database.ENABLED:
             self.postgresql()
-        if app.TLS != "none" and host.has("web"):
+        if app.TLS != "none" and host.has("web") and not fleet.lb:  # else: at the lb host
             self.https()
         if broker.needs_secret(fleet):
             self.broker_secret()

@@ -3,7 +3,9 @@
 The lb host gets Debian's haproxy with config/haproxy.cfg (made from eep.hosts: one
 server per web host, health-checked), the deploy account, and one root-owned script
 (config/balancer.py) through which that account drains and re-enables web hosts at
-HAProxy's runtime API, a socket only root opens. No app root, uWSGI or nginx.
+HAProxy's runtime API, a socket only root opens. No app root, uWSGI or nginx. With
+tls other than none, HTTPS ends here (eep/tls.py with lb=True): HAProxy serves the
+certificate, certbot (tls=acme) answers its challenge behind HAProxy.
 
 Other code (a rolling deploy) uses `backend_states()` and `set_backend()`, with a
 `Remote` logged in as the deploy account on the lb host.
@@ -16,7 +18,7 @@ import json
 import shlex
 from typing import TYPE_CHECKING
 
-from eep import app, packages
+from eep import app, packages, tls
 from eep.accounts import MARK, ensure_user
 from eep.audit import Audit, unexpected_rules
 from eep.files import ensure_dir, ensure_file, file_difference
@@ -29,7 +31,7 @@ from eep.sudoers import rules, visudo
 if TYPE_CHECKING:
     from eep.fleet import Fleet
 
-PACKAGES = ["haproxy", "sudo"]
+PACKAGES = ["haproxy", "sudo"] + [p for p in packages.PACKAGES if p in ("openssl", "certbot")]
 SERVICE = "haproxy"
 CONFIG = host_file("config/haproxy.cfg")
 SCRIPT = host_file("config/balancer.py").path
@@ -42,6 +44,8 @@ MASTER_SOCKET = "/run/haproxy-master.sock"
 # The deploy account's home and keys, and the directory of the script it runs.
 HOME = f"/home/{app.DEPLOY_USER}"
 DIRS = {path: DIRECTORIES[path] for path in ("/etc/eep", app.CONF_DIR, HOME, f"{HOME}/.ssh")}
+if app.TLS != "none":  # the certificate HAProxy serves: root's alone
+    DIRS |= {path: DIRECTORIES[path] for path in ("/etc/eep-tls", tls.TLS_DIR)}
 # The first line of the configuration this app installs: another one is never replaced,
 # unless it is the one Debian's package shipped (its checksum is dpkg's).
 CONFIG_MARK = f"# eep: the load balancer of {app.SLUG} "
@@ -72,10 +76,14 @@ def claim_problems(remote: Remote) -> list[str]:
     runtime, group = entries[0].strip(), entries[2].strip()
     if group and not (runtime and runtime.split(":")[3] == group.split(":")[2]):
         problems.append(f"group {app.RUNTIME_USER} exists and was not made by eep for this app")
-    for path in (app.CONF_DIR, HOME):
+    for path in (app.CONF_DIR, HOME) + ((tls.TLS_DIR,) if app.TLS != "none" else ()):
         have = remote.stat(path)
         if have and (have.kind != "directory" or have.group != app.RUNTIME_USER):
             problems.append(f"{path} exists ({have.ownership}) and is not eep's")
+    renewal = remote.read(tls.RENEWAL) if app.TLS == "acme" else None
+    if renewal is not None and f"http01_port = {tls.ACME_PORT}".encode() not in renewal:
+        # certbot's certificate of the app's name, asked for by someone else.
+        problems.append(f"certbot's certificate {app.SLUG} ({tls.RENEWAL}) was not issued by eep")
     sudoers = remote.read(SUDOERS.path)
     if sudoers is not None and not sudoers.startswith(b"# eep: "):
         problems.append(f"{SUDOERS.path} exists and was not written by eep")
@@ -92,8 +100,9 @@ def claim_problems(remote: Remote) -> list[str]:
     return problems
 
 
-def ensure_config(remote: Remote, report: Report, fleet: Fleet) -> None:
-    """HAProxy's configuration, live only once `haproxy -c` accepts it, then a graceful reload."""
+def ensure_config(remote: Remote, report: Report, fleet: Fleet, *, reload: bool = False) -> None:
+    """HAProxy's configuration, live only once `haproxy -c` accepts it, then a graceful
+    reload (also when `reload`: its certificate changed)."""
 
     def haproxy_check(temp: str) -> None:
         result = remote.run(f"haproxy -c -q -f {shlex.quote(temp)}", check=False)
@@ -101,10 +110,8 @@ def ensure_config(remote: Remote, report: Report, fleet: Fleet) -> None:
             lines = [line for line in (result.stderr + result.stdout).splitlines() if line]
             raise HostError(f"haproxy -c refused config/haproxy.cfg: {(lines or ['?'])[0]}")
 
-    if (
-        ensure_file(remote, report, CONFIG, validate=haproxy_check, fleet=fleet)
-        and not report.check
-    ):
+    changed = ensure_file(remote, report, CONFIG, validate=haproxy_check, fleet=fleet)
+    if (changed or reload) and not report.check:
         # Debian's unit checks the file again, then USR2 to the master: new workers take
         # new connections, the old ones finish theirs. Starts HAProxy if it was stopped.
         remote.run(f"systemctl reload-or-restart {SERVICE}")
@@ -131,7 +138,12 @@ def provision_lb(remote: Remote, report: Report, fleet: Fleet) -> None:
     ensure_file(remote, report, host_file("config/authorized_keys"))
     ensure_file(remote, report, host_file("config/balancer.py"))  # before the rule naming it
     ensure_file(remote, report, SUDOERS, validate=visudo(remote, SUDOERS.source))
-    ensure_config(remote, report, fleet)
+    pem_changed = False
+    if app.TLS != "none":
+        tls.ensure_self_signed(remote, report)  # HAProxy's PEM is made from it before
+        pem_changed = tls.ensure_pem(remote, report)  # the configuration naming it
+    ensure_config(remote, report, fleet, reload=pem_changed)
+    tls.ensure_acme(remote, report, lb=True)  # after HAProxy sends the challenge to certbot
 
 
 # -- the runtime API, for the deploy account ---------------------------------------
@@ -186,6 +198,7 @@ def status(spec: str, *, identity: str = "", name: str = "") -> dict:
     remote.open()
     try:
         states = backend_states(remote)
+        certificate = tls.describe(remote) if app.TLS != "none" else None
     finally:
         remote.close()
     for server, state in states.items():
@@ -193,6 +206,9 @@ def status(spec: str, *, identity: str = "", name: str = "") -> dict:
     serving = [server for server, state in states.items() if state["status"].startswith("UP")]
     line = f"{len(serving)} of {len(states)} web hosts take requests"
     say(f"[{name or target}] balancer: {line}")
+    if certificate:
+        renew = "" if certificate[1] else " (RENEW SOON)"
+        say(f"[{name or target}] https     {certificate[0]}{renew}")
     return {"healthy": bool(serving), "release": "-", "health": f"HAProxy: {line}"}
 
 
@@ -243,4 +259,6 @@ def audit_checks(audit: Audit, fleet: Fleet | None) -> None:
         [] if (enabled, active) == ("enabled", "active") else [f"{SERVICE} is {enabled}/{active}"]
     )
     audit.record("haproxy enabled at boot and running", wrong)
+    if app.TLS != "none":
+        audit.https()  # the certificate HAProxy serves, its PEM and keys root's alone
     audit.host_key()

@@ -17,6 +17,7 @@ import time
 from eep import app, tls
 from eep.host.celery import subcommand
 from eep.maintenance import maintenance_state
+from eep.manifest import host_file
 from eep.remote import HostError, Remote, Target, known_hosts_path
 from eep.report import say
 from eep.serving import CTL, UWSGI_LOG, activate_release, await_celery, program_state, serve
@@ -36,6 +37,8 @@ STOP_APP = f"sudo -n -u {app.RUNTIME_USER} {app.CONF_DIR}/stop-app"
 CELERY_RESTART_GRACE = 120
 # (role, pid, uptime, memory, command) of one process of the runtime user.
 Process = tuple[str, str, str, str, str]
+
+BALANCER_SNIPPET = host_file("config/nginx-balancer.conf").path
 
 
 def _short(command: str) -> str:
@@ -118,7 +121,11 @@ def status(spec: str, *, identity: str = "", name: str = "") -> dict:
         ).stdout.split()
         trigger_age = int(ages[0]) - int(ages[1]) if len(ages) == 2 else None
         maintenance = maintenance_state(session) if web else ""
-        certificate = tls.describe(session.remote) if app.TLS != "none" and web else None
+        # Behind a load balancer HTTPS ends there (its status says which certificate).
+        snippet = f"grep -qs ^set_real_ip_from {BALANCER_SNIPPET}"
+        behind_lb = session.remote.run(snippet, check=False).exited == 0
+        https_here = app.TLS != "none" and web and not behind_lb
+        certificate = tls.describe(session.remote) if https_here else None
         roles = session.roles.get("eep-roles", "")
     prefix = f"[{name}] " if name else ""
     if roles:

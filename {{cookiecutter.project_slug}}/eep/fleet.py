@@ -204,11 +204,6 @@ def check(fleet: Fleet) -> None:
             )
     if len(fleet.with_role("lb")) > 1:
         raise FleetError("eep.hosts: more than one lb host (eep runs one load balancer)")
-    if fleet.lb and app.TLS != "none":
-        raise FleetError(
-            f"eep.hosts.{fleet.lb}: HTTPS at the load balancer is not built yet"
-            f" (tls={app.TLS}); use tls=none behind it, or one host without lb"
-        )
     if fleet.lb and not _HEALTH_PATH.match(fleet.lb_health):
         raise FleetError(
             f"eep.lb_health: {fleet.lb_health[:60]!r} is not a URL path"

@@ -7,12 +7,17 @@ running code cannot change itself; logs and configs belong to root.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from eep import app
 from eep.files import ensure_dir, ensure_file
 from eep.manifest import host_file
 from eep.pathstate import PathState, directory, regular_file
 from eep.remote import Remote
 from eep.report import Report
+
+if TYPE_CHECKING:
+    from eep.fleet import Fleet
 
 RUNTIME, DEPLOY = app.RUNTIME_USER, app.DEPLOY_USER
 
@@ -38,17 +43,28 @@ if app.DATABASE == "postgresql":
     # Dumps of the app's database: the app's own data, so the app's and no one else's.
     DIRECTORIES[f"{app.SHARED_DIR}/backups"] = directory(RUNTIME, RUNTIME, 0o700)
 
+# Where HTTPS ends at nginx; not on the app's hosts behind a load balancer (it ends there).
+TLS_DIRECTORIES: dict[str, PathState] = {}
 if app.TLS != "none":
     # Certificates and keys nginx serves (eep/tls.py): root's alone. Not under /etc/eep,
     # whose entries are the apps' (an app may be called "tls").
     # The app's group on the app's own directories grants nothing (no group bits) and
     # marks them as eep's for eep/claims.py, as on the app's other directories.
-    DIRECTORIES["/etc/eep-tls"] = directory("root", "root", 0o700)
-    DIRECTORIES[f"/etc/eep-tls/{app.SLUG}"] = directory("root", RUNTIME, 0o700)
+    TLS_DIRECTORIES["/etc/eep-tls"] = directory("root", "root", 0o700)
+    TLS_DIRECTORIES[f"/etc/eep-tls/{app.SLUG}"] = directory("root", RUNTIME, 0o700)
     # The ACME client's webroot: root writes challenge tokens, nginx (www-data, a member
     # of the app's group) reads them.
-    DIRECTORIES["/var/lib/eep-acme"] = directory("root", "root", 0o755)
-    DIRECTORIES[f"/var/lib/eep-acme/{app.SLUG}"] = directory("root", RUNTIME, 0o750)
+    TLS_DIRECTORIES["/var/lib/eep-acme"] = directory("root", "root", 0o755)
+    TLS_DIRECTORIES[f"/var/lib/eep-acme/{app.SLUG}"] = directory("root", RUNTIME, 0o750)
+DIRECTORIES |= TLS_DIRECTORIES
+
+
+def directories_for(fleet: Fleet | None) -> dict[str, PathState]:
+    """The app's directories on its hosts in `fleet` (None: a host of its own)."""
+    if fleet is None or fleet.lb is None:
+        return DIRECTORIES
+    return {path: want for path, want in DIRECTORIES.items() if path not in TLS_DIRECTORIES}
+
 
 # Files the app user makes itself (root never writes in shared/): checked when present.
 APP_FILES: dict[str, PathState] = {
@@ -72,8 +88,8 @@ MAINTENANCE_FLAG = f"{app.APP_ROOT}/maintenance"
 MAINTENANCE_FLAG_STATE = regular_file(DEPLOY, RUNTIME, 0o640)
 
 
-def ensure_layout(remote: Remote, report: Report) -> None:
-    for path, want in DIRECTORIES.items():
+def ensure_layout(remote: Remote, report: Report, fleet: Fleet | None = None) -> None:
+    for path, want in directories_for(fleet).items():
         ensure_dir(remote, report, path, want)
     ensure_file(remote, report, host_file("config/authorized_keys"))
 

@@ -45,10 +45,14 @@ class HostFile:
     fleet: str = ""
     # Made from eep.hosts: its $names are filled in for the host by render().
     from_fleet: bool = False
+    # Only when the fleet has a load balancer ("lb") or has none ("no-lb").
+    balancer: str = ""
 
     def wanted(self, fleet: Fleet, host: FleetHost) -> bool:
         """Whether `host` of `fleet` gets this file."""
         if self.roles and not self.roles & host.roles:
+            return False
+        if self.balancer and self.balancer != ("lb" if fleet.lb else "no-lb"):
             return False
         return self.fleet != ("single" if not fleet.single else "several")
 
@@ -58,6 +62,7 @@ class HostFile:
 
 
 WEB = frozenset({"web"})  # nginx's files: on web hosts only
+NGINX_SITE = f"/etc/nginx/sites-available/{app.SLUG}"
 HOST_FILES = [
     HostFile("config/tmpfiles.conf", f"/etc/tmpfiles.d/eep-{app.SLUG}.conf"),
     HostFile("config/uwsgi-base.ini", f"{app.CONF_DIR}/uwsgi.ini"),
@@ -68,7 +73,18 @@ HOST_FILES = [
         roles=frozenset({"web", "worker"}),
     ),
     HostFile("config/supervisor-service.conf", "/etc/systemd/system/supervisor.service.d/eep.conf"),
-    HostFile("config/nginx.conf", f"/etc/nginx/sites-available/{app.SLUG}", roles=WEB),
+]
+# HTTPS ends at nginx without a load balancer, at HAProxy with one (eep/balancer.py): the
+# web hosts behind it get the same site without its HTTPS parts (no certificate there).
+HOST_FILES += (
+    [HostFile("config/nginx.conf", NGINX_SITE, roles=WEB)]
+    if app.TLS == "none"
+    else [
+        HostFile("config/nginx.conf", NGINX_SITE, roles=WEB, balancer="no-lb"),
+        HostFile("config/nginx-behind-lb.conf", NGINX_SITE, roles=WEB, balancer="lb"),
+    ]
+)
+HOST_FILES += [
     HostFile("config/nginx-default.conf", "/etc/nginx/sites-available/eep-default", roles=WEB),
     # Included by the site: the load balancer whose X-Forwarded-For nginx believes.
     HostFile(
@@ -153,6 +169,12 @@ def host_file(source: str) -> HostFile:
     return next(entry for entry in HOST_FILES + LB_FILES if entry.source == source)
 
 
+def site_file(fleet: Fleet | None) -> HostFile:
+    """The app's nginx site for the web hosts of `fleet` (None: a host of its own)."""
+    lb = "lb" if fleet is not None and fleet.lb else "no-lb"
+    return next(e for e in HOST_FILES if e.path == NGINX_SITE and e.balancer in ("", lb))
+
+
 def files_for(fleet: Fleet, host: FleetHost) -> list[HostFile]:
     """The entries of HOST_FILES that `host` gets."""
     return [entry for entry in HOST_FILES if entry.wanted(fleet, host)]
@@ -195,17 +217,29 @@ BROKER_SECRET = f"{app.CONF_DIR}/broker-secret.conf"
 
 def fleet_values(fleet: Fleet | None) -> dict[str, str]:
     """What the files made from eep.hosts say about it (no inventory: one host, no balancer)."""
+    from eep import tls  # eep.tls imports eep.remote, which imports this module
+
     lb = fleet.lb if fleet else None
     webs = fleet.with_role("web") if fleet and lb else []
     return {
         # HAProxy: one server per web host, health-checked; the name is the inventory's.
         "servers": "\n".join(f"    server {web.name} {web.private}:80 check" for web in webs),
         "health_path": fleet.lb_health if fleet else "/",
-        # nginx: the client's address from X-Forwarded-For, believed from the balancer only.
-        "real_ip": (
-            f"set_real_ip_from {lb.private};\nreal_ip_header X-Forwarded-For;"
+        # The lb host with tls=acme: where certbot answers the challenge (eep/tls.py).
+        "acme_port": str(tls.ACME_PORT),
+        # nginx: the client's address (X-Forwarded-For) and scheme (X-Forwarded-Proto,
+        # $eep_proto: the site passes it to the app), believed from the balancer only.
+        "real_ip": "\n".join(
+            [
+                f"set_real_ip_from {lb.private};",
+                "real_ip_header X-Forwarded-For;",
+                "set $eep_proto $scheme;",
+                f'if ($realip_remote_addr = "{lb.private}") ' + "{",
+                "    set $eep_proto $http_x_forwarded_proto;",
+                "}",
+            ]
             if lb
-            else "# None: this app has no load balancer in eep.hosts."
+            else ["# None: this app has no load balancer in eep.hosts.", "set $eep_proto $scheme;"]
         ),
     }
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from eep import app
 from eep.files import ensure_absent, ensure_file
-from eep.manifest import host_file
+from eep.manifest import host_file, site_file
 from eep.pathstate import regular_file
 from eep.remote import HostError, Remote
 from eep.report import Report
@@ -74,7 +74,7 @@ def ensure_site(
         # Made before nginx opens them: nginx itself would create them 0644.
         ensure_log_file(remote, report, log)
     ensure_file(remote, report, host_file("config/maintenance.html"))
-    site = host_file("config/nginx.conf")
+    site = site_file(fleet)
     backup = f"{site.path}.eep-previous"
     # Included by the site, so installed first; nginx -t below checks both.
     balancer = ensure_file(remote, report, host_file("config/nginx-balancer.conf"), fleet=fleet)

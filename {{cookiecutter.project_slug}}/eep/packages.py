@@ -33,6 +33,7 @@ if app.DATABASE == "postgresql":
 # (and TLS) on web hosts only, uWSGI on the app's hosts, the broker's Redis and the
 # firewall that guards its port on the broker host. One host gets all of PACKAGES.
 WEB_ONLY = {"nginx", "openssl", "certbot"}
+TLS_ONLY = {"openssl", "certbot"}  # not on web hosts behind a balancer: HTTPS ends there
 APP_ONLY = {"uwsgi-core", "uwsgi-plugin-python3", "python3-venv"}
 BROKER_ONLY = {"redis-server", "nftables"}
 
@@ -48,6 +49,7 @@ def packages_for(fleet: Fleet | None, host: FleetHost | None) -> list[str]:
         if not (name in WEB_ONLY and not host.has("web"))
         and not (name in APP_ONLY and not host.runs_app)
         and not (name in BROKER_ONLY and not host.has("broker"))
+        and not (name in TLS_ONLY and fleet.lb)
     ]
 
 

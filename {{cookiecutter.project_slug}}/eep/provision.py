@@ -68,7 +68,7 @@ def provision_host(
         check_claims(remote, report)
         database.check_claims(remote)
     nginx_groups_changed = ensure_accounts(remote, report)
-    ensure_layout(remote, report)
+    ensure_layout(remote, report, fleet)
     ensure_database(remote, report)
     ensure_run_dirs(remote, report)
     uwsgi_changed, broker_changed = ensure_uwsgi_files(remote, report, place)
@@ -91,10 +91,12 @@ def provision_host(
     if not host.has("web"):
         nginx.ensure_no_site(remote, report)  # the site of a host that was a web host
         return  # no nginx here: a worker or broker host of several
-    if app.TLS != "none":
+    https_here = app.TLS != "none" and not fleet.lb  # else HTTPS ends at the lb host
+    if https_here:
         tls.ensure_self_signed(remote, report)  # before the site: nginx -t reads its links
     ensure_site(remote, report, reload=nginx_groups_changed, fleet=fleet)
-    tls.ensure_acme(remote, report)  # after: nginx serves the challenge path
+    if https_here:
+        tls.ensure_acme(remote, report)  # after: nginx serves the challenge path
 
 
 def _remote(host: FleetHost, options: dict) -> Remote:

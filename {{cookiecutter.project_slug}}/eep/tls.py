@@ -1,8 +1,11 @@
-"""HTTPS: the certificate nginx serves, self-signed until (with tls=acme) certbot issues one.
+"""HTTPS: the certificate served, self-signed until (with tls=acme) certbot issues one.
 
-nginx reads two links, cert.pem and key.pem in TLS_DIR, which point either at the
-self-signed pair made here or at certbot's live pair. Only root reads or writes any of
-it; certbot renews from its own timer and reloads nginx through its deploy hook.
+Two links, cert.pem and key.pem in TLS_DIR, point either at the self-signed pair made
+here or at certbot's live pair. On a host of its own nginx reads them; with a load
+balancer HTTPS ends at HAProxy on the lb host (`lb=True` below), which reads one file
+made from them (PEM: chain and key) and lets certbot answer the ACME challenge itself.
+Only root reads or writes any of it; certbot renews from its own timer and reloads the
+server through its deploy hook.
 """
 
 from __future__ import annotations
@@ -27,6 +30,16 @@ TIMER = "certbot.timer"
 # What nginx reloads with after certbot renewed: stored by certbot in its renewal file
 # under /etc/letsencrypt (root's), never a script anyone else can write.
 DEPLOY_HOOK = "systemctl reload nginx"
+# The lb host: HAProxy's one file, the certificate with its chain, then the key (0600),
+# rebuilt from the links (written beside and renamed: HAProxy never reads half of one) ...
+PEM = f"{TLS_DIR}/haproxy.pem"
+PEM_BUILD = f"umask 077 && cat {CERT} {KEY} > {PEM}.new && mv -f {PEM}.new {PEM}"
+# ... by certbot after each renewal too, then a graceful reload (new workers, new file).
+# Through sh: certbot wants the hook's first word to be a program.
+LB_DEPLOY_HOOK = "sh -c " + shlex.quote(f"{PEM_BUILD} && systemctl reload haproxy")
+# There certbot answers the http-01 challenge itself (--standalone), on this local port
+# only while it asks for a certificate; HAProxy sends the challenge path to it.
+ACME_PORT = 8402
 
 
 def _links(remote: Remote) -> tuple[str, str]:
@@ -42,6 +55,22 @@ def _point_links(remote: Remote, report: Report, pair: tuple[str, str], what: st
         return False
     if report.change("certificate", f"now in use: {what}"):
         remote.run(f"ln -sfn {pair[0]} {CERT} && ln -sfn {pair[1]} {KEY}")
+    return True
+
+
+def ensure_pem(remote: Remote, report: Report) -> bool:
+    """The lb host: HAProxy's PEM holds the pair the links point at, root's alone; whether
+    it changed (HAProxy must then reload)."""
+    same = remote.run(
+        f"cat {CERT} {KEY} | cmp -s - {PEM} && stat -c '%U:%G %a' {PEM}",
+        check=False,
+        changes=False,
+    )
+    if same.exited == 0 and same.stdout.strip() == "root:root 600":
+        report.unchanged("haproxy certificate", PEM)
+        return False
+    if report.change("haproxy certificate", f"{PEM} from {_links(remote)[0] or '?'}"):
+        remote.run(PEM_BUILD)
     return True
 
 
@@ -73,22 +102,29 @@ def ensure_self_signed(remote: Remote, report: Report) -> None:
     _point_links(remote, report, SELF_SIGNED, "self-signed")
 
 
-def certbot_command() -> str:
+def certbot_command(lb: bool = False) -> str:
+    """certbot's command for the app's certificate: on the lb host (`lb`) it answers the
+    challenge on ACME_PORT, elsewhere nginx serves the tokens it writes in WEBROOT."""
     domains = " ".join(f"-d {shlex.quote(name)}" for name in app.DOMAINS)
+    challenge = (
+        f"--standalone --http-01-address 127.0.0.1 --http-01-port {ACME_PORT}"
+        if lb
+        else f"--webroot --webroot-path {WEBROOT}"
+    )
     contact = f"--email {shlex.quote(app.ACME_EMAIL)}" if app.ACME_EMAIL else ""
     contact = contact or "--register-unsafely-without-email"
     return (
         f"certbot certonly --non-interactive --agree-tos {contact}"
         f" --server {shlex.quote(app.ACME_DIRECTORY)} --cert-name {app.SLUG}"
-        f" --webroot --webroot-path {WEBROOT} {domains}"
-        f" --deploy-hook {shlex.quote(DEPLOY_HOOK)}"
+        f" {challenge} {domains}"
+        f" --deploy-hook {shlex.quote(LB_DEPLOY_HOOK if lb else DEPLOY_HOOK)}"
     )
 
 
 def failure_line(output: str) -> str:
     """The one line of certbot's output that says why it failed."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    for marker in ("Detail:", "Error:", "Failed to", "Max retries", "Connection"):
+    for marker in ("Detail:", "Error:", "Failed to", "Max retries", "Connection", "Unable to"):
         found = [line for line in lines if marker in line]
         if found:
             return found[0][:200]
@@ -128,10 +164,25 @@ def _certbot(remote: Remote, command: str, kept: str) -> None:
         )
 
 
-def ensure_acme(remote: Remote, report: Report) -> None:
-    """After nginx serves the challenge path: a certificate issued once for the tree's names
-    and ACME directory (again when either changed), renewed by certbot.timer; nginx
-    switched to it and reloaded."""
+def _use(remote: Remote, report: Report, lb: bool) -> None:
+    """The links just moved to the ACME pair: the server checks it, then serves it."""
+    if lb:
+        ensure_pem(remote, report)
+        remote.run("systemctl reload haproxy")
+        report.change("haproxy", "reloaded with the ACME certificate")
+        return
+    test = remote.run("nginx -t", check=False)
+    if test.exited != 0:
+        remote.run(f"ln -sfn {SELF_SIGNED[0]} {CERT} && ln -sfn {SELF_SIGNED[1]} {KEY}")
+        raise HostError("nginx -t refused the ACME certificate; the self-signed one is kept")
+    remote.run("systemctl reload nginx")
+    report.change("nginx", "reloaded with the ACME certificate")
+
+
+def ensure_acme(remote: Remote, report: Report, *, lb: bool = False) -> None:
+    """After the challenge path answers (nginx, or HAProxy on the lb host: `lb`): a
+    certificate issued once for the tree's names and ACME directory (again when either
+    changed), renewed by certbot.timer; the server switched to it and reloaded."""
     if app.TLS != "acme":
         return
     timer = remote.run(f"systemctl is-enabled {TIMER}", check=False, changes=False)
@@ -143,24 +194,19 @@ def ensure_acme(remote: Remote, report: Report) -> None:
     names = " ".join(app.DOMAINS)
     if have is None:
         if report.change("acme certificate", f"issuing from {app.ACME_DIRECTORY}"):
-            _certbot(remote, certbot_command(), "the self-signed one")
+            _certbot(remote, certbot_command(lb), "the self-signed one")
     elif why := reissue_reason(*have):
         # The same certificate name, the new names: certbot replaces the lineage's
         # certificate (and records the directory), so the old names leave it.
         if report.change("acme certificate", f"re-issued for {names} ({why})"):
-            command = certbot_command() + " --renew-with-new-domains --force-renewal"
+            command = certbot_command(lb) + " --renew-with-new-domains --force-renewal"
             _certbot(remote, command, "the previous one")
-            remote.run("systemctl reload nginx")
+            remote.run(LB_DEPLOY_HOOK if lb else DEPLOY_HOOK)
     else:
         report.unchanged("acme certificate", f"{ACME_LIVE}, for {names}")
     # --check: said what it would do; nothing was issued to switch to.
     if _point_links(remote, report, ACME_PAIR, f"ACME ({ACME_LIVE})") and not report.check:
-        test = remote.run("nginx -t", check=False)
-        if test.exited != 0:
-            remote.run(f"ln -sfn {SELF_SIGNED[0]} {CERT} && ln -sfn {SELF_SIGNED[1]} {KEY}")
-            raise HostError("nginx -t refused the ACME certificate; the self-signed one is kept")
-        remote.run("systemctl reload nginx")
-        report.change("nginx", "reloaded with the ACME certificate")
+        _use(remote, report, lb)
 
 
 # -- reading the certificate nginx serves (status and audit) ----------------------------
