@@ -190,7 +190,9 @@ def host_values(fleet: Fleet, host: FleetHost) -> dict[str, str]:
     # celery_beat=n, so that a release attaching a beat of its own has a host for it.
     beat = next(iter(fleet.with_role("worker")), None)
     values = {
-        "HOST": host.name,
+        # One server given with --host has no name of its own: its address depends on
+        # how it is reached (an ssh alias, an IP), and host.ini must not.
+        "HOST": "" if fleet.single else host.name,
         "ROLES": " ".join(sorted(host.roles)),
         "WEB": "yes" if host.has("web") else "no",
         "WORKER": "yes" if host.has("worker") else "no",

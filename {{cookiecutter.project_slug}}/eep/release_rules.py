@@ -278,7 +278,7 @@ def check_for_host(options: list[tuple[str, str]], facts: dict[str, str]) -> Non
     if not facts:
         return  # a host provisioned before roles existed: one host, every role
     runs = runs_celery(on_host(options, facts))
-    host = facts.get("eep-host", "this host")
+    host = facts.get("eep-host") or "this host"
     if runs["beat"] and facts.get("eep-beat") != "yes":
         raise IniError(
             f"celery beat would run on {host}, which is not the beat host:"
