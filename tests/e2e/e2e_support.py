@@ -12,6 +12,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from cookiecutter.main import cookiecutter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -292,6 +293,7 @@ PEBBLE_START = (
     " sleep 0.2; done"
 ).format
 DIRECTORY = "https://localhost:14000/dir"
+ROOT_PEM = "/root/pebble-root.pem"  # Pebble's issuing root, as fetched onto the host
 SHORT_LIVED = "https://localhost:14001/dir"  # the second Pebble: 90-second certificates
 
 # Requests over HTTPS from the host itself, trusting only Pebble's root, for `seconds` with
@@ -331,3 +333,40 @@ p99 = round(times[int(len(times) * 0.99)] * 1000) if times else None
 print(json.dumps({"requests": done[0], "failed": len(failures), "failures": failures[:5],
                   "serials": len(serials - {None}), "p99_ms": p99}))
 """
+
+
+def start_https_load(host, domain: str, seconds: int, concurrency: int) -> subprocess.Popen:
+    """HTTPS_LOAD running on the host against `domain` (trusting Pebble's root only);
+    `https_load_stats` waits for it and returns its figures."""
+    load = subprocess.Popen(
+        [*host.ssh_command(), f"python3 - {seconds} {concurrency} {ROOT_PEM} {domain}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    load.stdin.write(HTTPS_LOAD)
+    load.stdin.close()
+    return load
+
+
+def https_load_stats(load: subprocess.Popen) -> dict:
+    stats = json.loads(load.stdout.read().strip().splitlines()[-1])
+    load.wait(timeout=60)
+    return stats
+
+
+def write_inventory(tree: BakedTree, hosts: dict, roles: dict[str, list[str]], **eep) -> None:
+    """The tree's eep.hosts: each test host named in `roles` with its roles, reached on its
+    SSH port, on its LAN address; `eep`: other settings (lb_health=...). Every host's key
+    is pinned, also of those outside the inventory."""
+    config = tree.path / "invoke.yaml"
+    settings = yaml.safe_load(config.read_text())
+    settings["eep"]["hosts"] = {
+        name: {"ssh": f"127.0.0.1:{host.ssh_port}", "private": host.lan_ip, "roles": roles[name]}
+        for name, host in hosts.items()
+        if name in roles
+    }
+    settings["eep"].update(eep)
+    config.write_text(yaml.safe_dump(settings))
+    for host in hosts.values():
+        tree.trust(host)

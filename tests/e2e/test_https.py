@@ -9,7 +9,6 @@ with --cacert. One host for the module; the tests run in order.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -18,11 +17,13 @@ from datetime import UTC, datetime
 import pytest
 from e2e_support import (
     DIRECTORY,
-    HTTPS_LOAD,
     PEBBLE_SETUP,
     PEBBLE_START,
+    ROOT_PEM,
     SHORT_LIVED,
     bake_tree,
+    https_load_stats,
+    start_https_load,
 )
 from test_deploy import build
 
@@ -30,7 +31,6 @@ pytestmark = pytest.mark.e2e
 
 SLUG = "tls"
 DOMAIN = f"{SLUG}.example.com"
-ROOT_PEM = "/root/pebble-root.pem"  # Pebble's issuing root, as fetched
 LIVE = f"/etc/letsencrypt/live/{SLUG}"
 
 
@@ -283,19 +283,11 @@ def test_audit_fails_with_a_third_of_the_lifetime_left_until_renewal(tree, host)
 
 def test_forced_renewal_under_load_fails_no_request(host):
     before = served_serial(host)
-    load = subprocess.Popen(
-        [*host.ssh_command(), f"python3 - 12 4 {ROOT_PEM} {DOMAIN}"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    load.stdin.write(HTTPS_LOAD)
-    load.stdin.close()
+    load = start_https_load(host, DOMAIN, seconds=12, concurrency=4)
     time.sleep(3)
     # What certbot.timer runs, forced: the deploy hook reloads nginx.
     host.run(f"certbot renew --force-renewal --no-random-sleep-on-renew --cert-name {SLUG} -q")
-    stats = json.loads(load.stdout.read().strip().splitlines()[-1])
-    load.wait(timeout=60)
+    stats = https_load_stats(load)
     assert stats["requests"] > 50 and stats["failed"] == 0, stats
     assert served_serial(host) != before
     assert stats["serials"] == 2, stats  # requests were served with the old and the new

@@ -13,14 +13,16 @@ import subprocess
 import time
 
 import pytest
-import yaml
 from e2e_support import (
     DIRECTORY,
-    HTTPS_LOAD,
     PEBBLE_SETUP,
     PEBBLE_START,
+    ROOT_PEM,
     bake_tree,
     build_sample_release,
+    https_load_stats,
+    start_https_load,
+    write_inventory,
 )
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +30,6 @@ pytestmark = pytest.mark.e2e
 SLUG = "edge"
 DOMAIN = f"{SLUG}.example.com"
 ROLES = {"lb1": ["lb"], "web1": ["web"]}
-ROOT_PEM = "/root/pebble-root.pem"  # Pebble's issuing root, as fetched
 PEM = f"/etc/eep-tls/{SLUG}/haproxy.pem"
 
 # GET /scheme of the app on web1's port 80, straight (not through the balancer), with
@@ -61,17 +62,7 @@ def hosts(testhost_factory_module, tree) -> dict:
     lb.run(PEBBLE_SETUP.format(domain=DOMAIN), timeout=900)
     lb.run(PEBBLE_START(unit="", config="config", port=15000))
     lb.run(f"curl -sS https://localhost:15000/roots/0 -o {ROOT_PEM}")
-    config = tree.path / "invoke.yaml"
-    settings = yaml.safe_load(config.read_text())
-    settings["eep"]["hosts"] = {
-        name: {"ssh": f"127.0.0.1:{host.ssh_port}", "private": host.lan_ip, "roles": ROLES[name]}
-        for name, host in found.items()
-        if name in ROLES
-    }
-    settings["eep"]["lb_health"] = "/health"
-    config.write_text(yaml.safe_dump(settings))
-    for host in found.values():
-        tree.trust(host)
+    write_inventory(tree, found, ROLES, lb_health="/health")
     return found
 
 
@@ -135,21 +126,13 @@ def test_web1_serves_plain_http_without_a_certificate_and_a_forged_scheme_fools_
 def test_a_forced_renewal_under_load_through_the_balancer_fails_no_request(hosts):
     lb = hosts["lb1"]
     before = served(lb, "-serial")
-    load = subprocess.Popen(
-        [*lb.ssh_command(), f"python3 - 12 4 {ROOT_PEM} {DOMAIN}"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    load.stdin.write(HTTPS_LOAD)
-    load.stdin.close()
+    load = start_https_load(lb, DOMAIN, seconds=12, concurrency=4)
     time.sleep(3)
     # What certbot.timer runs, forced: the deploy hook rebuilds the PEM, HAProxy reloads.
     started = time.monotonic()
     lb.run(f"certbot renew --force-renewal --no-random-sleep-on-renew --cert-name {SLUG} -q")
     took = time.monotonic() - started
-    stats = json.loads(load.stdout.read().strip().splitlines()[-1])
-    load.wait(timeout=60)
+    stats = https_load_stats(load)
     print(f"forced renewal through HAProxy: {took:.1f} s, load: {json.dumps(stats)}")
     assert stats["requests"] > 50 and stats["failed"] == 0, stats
     assert served(lb, "-serial") != before

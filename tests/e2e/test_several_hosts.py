@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e_support import REPO, bake_tree, build_sample_release, load_test
+from e2e_support import REPO, bake_tree, build_sample_release, load_test, write_inventory
 
 pytestmark = pytest.mark.e2e
 
@@ -99,17 +99,7 @@ def tree(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hosts(testhost_factory_module, tree) -> dict:
     found = {name: testhost_factory_module(name, lan=SLUG) for name in (*ROLES, "outsider")}
-    config = tree.path / "invoke.yaml"
-    settings = yaml.safe_load(config.read_text())
-    settings["eep"]["hosts"] = {
-        name: {"ssh": f"127.0.0.1:{host.ssh_port}", "private": host.lan_ip, "roles": ROLES[name]}
-        for name, host in found.items()
-        if name in ROLES
-    }
-    settings["eep"]["lb_health"] = "/health"
-    config.write_text(yaml.safe_dump(settings))
-    for host in found.values():
-        tree.trust(host)
+    write_inventory(tree, found, ROLES, lb_health="/health")
     return found
 
 
