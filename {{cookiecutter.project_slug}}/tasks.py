@@ -386,12 +386,18 @@ def start(c, host="", identity=""):
     _on_hosts(c, host, lambda spec: run(spec, identity=identity))
 
 
-def _on_one_host(c, host: str, action) -> None:
-    """Run `action(spec)` on the one deploy host; its exit status becomes this command's."""
+def _one_deploy_host(c, host: str) -> str:
+    """The one deploy host given or listed; exit 1 when there are several."""
     hosts = _hosts(c, host, "deploy_hosts")
     if len(hosts) != 1:
         raise Exit("error: several deploy hosts: choose one with --host", code=1)
-    exited = _one(hosts[0], action, hosts[0])
+    return hosts[0]
+
+
+def _on_one_host(c, host: str, action) -> None:
+    """Run `action(spec)` on the one deploy host; its exit status becomes this command's."""
+    spec = _one_deploy_host(c, host)
+    exited = _one(spec, action, spec)
     if exited:
         raise Exit(code=exited)
 
@@ -544,10 +550,8 @@ def _change(c, host: str, request: dict, restart: bool, identity: str) -> None:
 
     fleet = _app_hosts(c, host)
     if fleet is None:
-        listed = _hosts(c, host, "deploy_hosts")
-        if len(listed) != 1:
-            raise Exit("error: several deploy hosts: choose one with --host", code=1)
-        fleet = {listed[0]: listed[0]}
+        spec = _one_deploy_host(c, host)
+        fleet = {spec: spec}
     changed = False
     done: list[str] = []
     for name, spec in fleet.items():

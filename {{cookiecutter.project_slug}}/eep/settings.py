@@ -109,6 +109,6 @@ def list_fleet(hosts: dict[str, str], *, identity: str = "", show: bool = False)
     for name in sorted({n for digests in found.values() for n in digests}):
         line = f"{name}={values[name]}" if show else name
         say(f"{line}    (differs: {differ[name]})" if name in differ else line)
-    if not found or not any(found.values()):
+    if not any(found.values()):
         say(f"no settings on {', '.join(hosts)} (invoke env.set NAME)")
     return differ
